@@ -171,6 +171,9 @@ def verify(cache: str, gen_dir: str, tmp: str) -> list:
         d = r["detections"]
         if not (d["f32_faces"] == d["int8w_faces"] == d["matched"]) or d["mismatched_photos"]:
             failures.append(f"yunet {size}: detections differ")
+        o = r["f32_decode_vs_opencv_facedetectoryn"]
+        if o["photos_same_count"] != json.load(open(yj))["photos"] or o["max_box_px"] > 0.01:
+            failures.append(f"yunet {size}: facelib decoding differs from cv2.FaceDetectorYN")
 
     print("== face chips (YuNet f32 + similarity warp)", flush=True)
     chips = os.path.join(tmp, "chips")

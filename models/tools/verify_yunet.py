@@ -4,7 +4,8 @@
 For each photo and each canvas size (640x640, 640x480): letterbox, run both
 models, compare every raw output (max |diff|, cosine) and the decoded
 detections (score >= 0.6, NMS IoU 0.3): same count, pairwise IoU, box /
-landmark / score differences. Prints a JSON report (also written to --json).
+landmark / score differences. Also checks facelib's decoder on the f32 outputs
+against OpenCV's own cv2.FaceDetectorYN on the same canvas. Prints a JSON report (also written to --json).
 
 Both models declare a fixed 1x3x640x640 input; for 640x480 they are run with the
 input H, W relaxed in memory (facelib.relaxed_model_bytes), the graph itself is
@@ -18,6 +19,7 @@ import json
 import os
 import sys
 
+import cv2
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -42,6 +44,10 @@ def main(argv=None):
     names = [o.name for o in sess["f32"].get_outputs()]
     report = {"photos": len(photos), "sizes": {}}
     for (W, H) in ((640, 640), (640, 480)):
+        # reference decoder: OpenCV's FaceDetectorYN on the same f32 model and canvas
+        yn = cv2.FaceDetectorYN.create(os.path.join(args.models, "yunet-2023mar-f32.onnx"), "",
+                                       (W, H), 0.6, 0.3, 5000)
+        ocv = dict(photos_same_count=0, faces=0, max_box_px=0.0, max_landmark_px=0.0, max_score_diff=0.0)
         acc = {n: {"a": [], "b": []} for n in names}
         per_image_min_cos = {n: 1.0 for n in names}
         det = dict(f32_faces=0, int8w_faces=0, matched=0, min_iou=1.0, max_box_px=0.0,
@@ -57,6 +63,17 @@ def main(argv=None):
                 acc[n]["b"].append(ob[n].ravel())
                 per_image_min_cos[n] = min(per_image_min_cos[n], facelib.cosine(oa[n], ob[n]))
             da, db = facelib.yunet_decode(oa, W, H), facelib.yunet_decode(ob, W, H)
+            canvas = np.ascontiguousarray(x[0].transpose(1, 2, 0).astype(np.uint8))
+            _, ref = yn.detect(canvas)
+            ref = np.zeros((0, 15)) if ref is None else ref[np.argsort(-ref[:, 14])]
+            if len(ref) == len(da):
+                ocv["photos_same_count"] += 1
+                ocv["faces"] += len(da)
+                if len(da):
+                    dd = np.abs(ref - da)
+                    ocv["max_box_px"] = max(ocv["max_box_px"], float(dd[:, :4].max()))
+                    ocv["max_landmark_px"] = max(ocv["max_landmark_px"], float(dd[:, 4:14].max()))
+                    ocv["max_score_diff"] = max(ocv["max_score_diff"], float(dd[:, 14].max()))
             det["f32_faces"] += len(da)
             det["int8w_faces"] += len(db)
             used = set()
@@ -93,7 +110,8 @@ def main(argv=None):
             a, b = np.concatenate(acc[n]["a"]), np.concatenate(acc[n]["b"])
             outs[n] = dict(shape=list(oa[n].shape), max_abs_diff=float(np.abs(a - b).max()),
                            cosine=facelib.cosine(a, b), min_per_image_cosine=per_image_min_cos[n])
-        report["sizes"][f"{W}x{H}"] = dict(outputs=outs, detections=det)
+        report["sizes"][f"{W}x{H}"] = dict(outputs=outs, detections=det,
+                                           f32_decode_vs_opencv_facedetectoryn=ocv)
     text = json.dumps(report, indent=1)
     print(text)
     if args.json:
