@@ -1,0 +1,327 @@
+//! `facegate-daemon`: the kiosk daemon and its field tools.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use facegate_daemon::{bench, evaluation, exit, inspect};
+use facegate_face::{FacePipeline, PipelineOptions, Precision, QualityConfig};
+
+#[derive(Debug, Parser)]
+#[command(name = "facegate-daemon", version, about = "facegate kiosk daemon: face verification at the door")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+struct ModelArgs {
+    /// Directory of model manifests and ONNX files.
+    #[arg(long, env = "FACEGATE_MODELS", global = true)]
+    models: Option<PathBuf>,
+    /// Detector precision (f32 or int8w); the manifest's default otherwise.
+    #[arg(long, global = true)]
+    detector_precision: Option<Precision>,
+    /// Embedder precision (f32 or u8w); the manifest's default otherwise.
+    #[arg(long, global = true)]
+    embedder_precision: Option<Precision>,
+    /// Average each template with its mirror image (on/off); the manifest's choice otherwise.
+    #[arg(long, global = true)]
+    mirror: Option<bool>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Find faces in an image; prints JSON (boxes, landmarks, scores).
+    Detect {
+        image: PathBuf,
+        #[command(flatten)]
+        models: ModelArgs,
+    },
+    /// Compare the main faces of two images; prints JSON with the verdict.
+    Compare {
+        image_a: PathBuf,
+        image_b: PathBuf,
+        #[command(flatten)]
+        models: ModelArgs,
+    },
+    /// Measure accuracy on labelled photos.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Per-stage latency on real photos at 320x240 and 640x480, and 1:N matching.
+    Bench {
+        /// Directory of photos to build frames from.
+        #[arg(long)]
+        photos: Option<PathBuf>,
+        /// Passes over the photos per frame size.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Gallery sizes for the matching benchmark.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+        gallery_sizes: Vec<usize>,
+        #[command(flatten)]
+        models: ModelArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EvalCommand {
+    /// Verification (1:1) on a list of pairs: FNMR/FMR at the shipped threshold, EER, FNMR at fixed FMRs.
+    Pairs {
+        /// Directory the CSV paths are relative to.
+        #[arg(long)]
+        root: PathBuf,
+        /// CSV with columns path_a,path_b,same.
+        #[arg(long)]
+        pairs: PathBuf,
+        #[command(flatten)]
+        common: EvalArgs,
+        /// Also print the measured operating curve as a manifest [thresholds] snippet (stderr).
+        #[arg(long)]
+        calibration: bool,
+    },
+    /// Open-set identification (1:N): rank-1, FNIR and FPIR.
+    Identify {
+        #[arg(long)]
+        root: PathBuf,
+        /// CSV with columns path,identity.
+        #[arg(long)]
+        gallery: PathBuf,
+        /// CSV with columns path,identity,enrolled.
+        #[arg(long)]
+        probes: PathBuf,
+        /// Target false-positive identification rate for the gallery-size-aware threshold.
+        #[arg(long, default_value_t = 0.01)]
+        target_fpir: f64,
+        #[command(flatten)]
+        common: EvalArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct EvalArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// CSV with a path column and group columns (default: ROOT/manifest.csv when present).
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// Report figures per value of this manifest column.
+    #[arg(long, default_value = "source")]
+    group_by: String,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Skip the quality gate: every detected face is judged.
+    #[arg(long)]
+    no_quality_gate: bool,
+    #[command(flatten)]
+    models: ModelArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(exit::USAGE),
+            };
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("facegate-daemon: {:#}", failure.error);
+            ExitCode::from(failure.status)
+        }
+    }
+}
+
+struct Failure {
+    status: u8,
+    error: anyhow::Error,
+}
+
+fn fail(status: u8) -> impl FnOnce(anyhow::Error) -> Failure {
+    move |error| Failure { status, error }
+}
+
+fn load_pipeline(args: &ModelArgs, quality: Option<QualityConfig>) -> Result<FacePipeline, Failure> {
+    let dir = args.models.clone().unwrap_or_else(|| facegate_face::models::default_models_dir(None));
+    let options = PipelineOptions {
+        detector_precision: args.detector_precision,
+        embedder_precision: args.embedder_precision,
+        mirror: args.mirror,
+        quality,
+        ..PipelineOptions::default()
+    };
+    FacePipeline::load(&dir, &options)
+        .with_context(|| format!("loading models from {}", dir.display()))
+        .map_err(fail(exit::UNAVAILABLE))
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string(value).context("encoding JSON").map_err(fail(exit::SOFTWARE))?;
+    println!("{text}");
+    Ok(())
+}
+
+fn inspect_status(error: &inspect::InspectError) -> u8 {
+    match error {
+        inspect::InspectError::Read { .. } => exit::NO_INPUT,
+        inspect::InspectError::Face { source: facegate_face::FaceError::Inference(_), .. } => exit::SOFTWARE,
+        inspect::InspectError::Face { .. } => exit::DATA,
+        inspect::InspectError::NoThreshold => exit::UNAVAILABLE,
+    }
+}
+
+fn eval_status(error: &evaluation::EvalError) -> u8 {
+    match error {
+        evaluation::EvalError::Read { .. } => exit::NO_INPUT,
+        evaluation::EvalError::Csv { .. } => exit::DATA,
+        evaluation::EvalError::NoThreshold => exit::UNAVAILABLE,
+    }
+}
+
+fn groups_for(root: &Path, args: &EvalArgs) -> Result<Option<evaluation::Groups>, Failure> {
+    let manifest = match &args.manifest {
+        Some(path) => path.clone(),
+        None => {
+            let default = root.join("manifest.csv");
+            if !default.exists() {
+                return Ok(None);
+            }
+            default
+        }
+    };
+    evaluation::Groups::read(&manifest, &args.group_by)
+        .map(Some)
+        .map_err(|e| Failure { status: eval_status(&e), error: e.into() })
+}
+
+fn threads(args: &EvalArgs) -> usize {
+    args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Detect { image, models } => {
+            let pipeline = load_pipeline(&models, None)?;
+            let report = inspect::detect(&pipeline, &image)
+                .map_err(|e| Failure { status: inspect_status(&e), error: e.into() })?;
+            print_json(&report)
+        }
+        Command::Compare { image_a, image_b, models } => {
+            let pipeline = load_pipeline(&models, None)?;
+            let report = inspect::compare(&pipeline, &image_a, &image_b)
+                .map_err(|e| Failure { status: inspect_status(&e), error: e.into() })?;
+            print_json(&report)
+        }
+        Command::Eval(EvalCommand::Pairs { root, pairs, common, calibration }) => {
+            let quality = common.no_quality_gate.then(QualityConfig::permissive);
+            let pipeline = load_pipeline(&common.models, quality)?;
+            let groups = groups_for(&root, &common)?;
+            let report = evaluation::evaluate_pairs(&pipeline, &root, &pairs, groups.as_ref(), threads(&common))
+                .map_err(|e| Failure { status: eval_status(&e), error: e.into() })?;
+            if calibration {
+                eprintln!(
+                    "[thresholds] curve measured on {} ({} genuine, {} impostor pairs):",
+                    pairs.display(),
+                    report.genuine,
+                    report.impostor
+                );
+                for p in &report.curve {
+                    eprintln!("  {{ fmr = {:e}, threshold = {}, fnmr = {} }},", p.fmr, p.threshold, p.fnmr);
+                }
+            }
+            if common.json {
+                print_json(&report)
+            } else {
+                print_pairs_text(&report);
+                Ok(())
+            }
+        }
+        Command::Eval(EvalCommand::Identify { root, gallery, probes, target_fpir, common }) => {
+            let quality = common.no_quality_gate.then(QualityConfig::permissive);
+            let pipeline = load_pipeline(&common.models, quality)?;
+            let groups = groups_for(&root, &common)?;
+            let report = evaluation::evaluate_identify(
+                &pipeline,
+                &root,
+                &gallery,
+                &probes,
+                groups.as_ref(),
+                target_fpir,
+                threads(&common),
+            )
+            .map_err(|e| Failure { status: eval_status(&e), error: e.into() })?;
+            if common.json {
+                print_json(&report)
+            } else {
+                println!(
+                    "gallery {} identities ({} photos, {} failed); {} probes ({} failed)\nthreshold {:.4}: rank-1 {:.4}, FNIR {:.4}, FPIR {:.4}",
+                    report.gallery_identities,
+                    report.gallery_images,
+                    report.gallery_failed,
+                    report.probes,
+                    report.failed_probes,
+                    report.threshold,
+                    report.rank1,
+                    report.fnir,
+                    report.fpir
+                );
+                Ok(())
+            }
+        }
+        Command::Bench { photos, rounds, gallery_sizes, models } => {
+            let pipeline = load_pipeline(&models, Some(QualityConfig::permissive()))?;
+            let dir = photos.unwrap_or_else(|| facegate_face::models::default_models_dir(None).join("testdata/photos"));
+            let images = bench::load_photos(&dir).map_err(|e| fail(exit::NO_INPUT)(e.into()))?;
+            let frames = bench::bench_frames(&pipeline, &images, &[(320, 240), (640, 480)], rounds)
+                .map_err(|e| fail(exit::SOFTWARE)(e.into()))?;
+            let matching = bench::bench_matching(pipeline.model_id(), pipeline.embedder().dim(), &gallery_sizes, 200);
+            print_json(&bench::BenchReport {
+                detector: pipeline.detector().id().to_owned(),
+                embedder: pipeline.model_id().to_owned(),
+                mirror: pipeline.embedder().mirror(),
+                images: images.len(),
+                frames,
+                matching,
+                cpu: bench::cpu_model(),
+            })
+        }
+    }
+}
+
+fn print_pairs_text(report: &evaluation::PairsReport) {
+    println!(
+        "{} genuine, {} impostor pairs ({} with a failed photo)\nthreshold {:.4}: FNMR {:.4}, FMR {:.5}; EER {:.4} at {:.4}",
+        report.genuine,
+        report.impostor,
+        report.failed,
+        report.threshold,
+        report.fnmr,
+        report.fmr,
+        report.eer,
+        report.eer_threshold
+    );
+    for (name, fnmr) in &report.fnmr_at_fmr {
+        println!("FNMR at FMR {name}: {fnmr:.4} (threshold {:.4})", report.threshold_at_fmr[name]);
+    }
+    for (group, g) in &report.groups {
+        println!(
+            "  {group:>16}: within {:>5} genuine {:>6} impostor  FNMR {:.4}  FMR {:.5} (x{:.1}) | involving {:>6} impostor  FMR {:.5} (x{:.1})",
+            g.genuine,
+            g.impostor,
+            g.fnmr,
+            g.fmr,
+            g.fmr_ratio.unwrap_or(0.0),
+            g.involving.impostor,
+            g.involving.fmr,
+            g.involving.fmr_ratio.unwrap_or(0.0)
+        );
+    }
+}
