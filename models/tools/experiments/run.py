@@ -340,7 +340,7 @@ def ident(configs):
 
 
 def main(argv):
-    sections = argv or ["repro", "align", "robust", "metric", "mirror", "small", "nba", "ident", "combined"]
+    sections = argv or ["repro", "align", "robust", "metric", "mirror", "small", "nba", "ident", "ceiling", "combined"]
     best = ("baseline", rl.REFERENCE)
     if "repro" in sections:
         repro()
