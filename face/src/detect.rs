@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use image::RgbImage;
 use image::imageops::{self, FilterType};
-use tract_onnx::prelude::{InferenceModel, Tensor, tract_ndarray};
+use tract_onnx::prelude::{InferenceModel, TValue, TVec, Tensor};
 
 use crate::error::{InferenceError, ModelError};
 use crate::geometry::{BoundingBox, Landmarks, Point};
@@ -21,6 +21,17 @@ pub struct Detection {
     pub bbox: BoundingBox,
     pub landmarks: Landmarks,
     pub score: f32,
+}
+
+/// An image resized and padded into the detector's input tensor (NCHW f32).
+#[derive(Debug, Clone)]
+pub struct PreparedInput {
+    pub data: Vec<f32>,
+    /// Padded network input width and height.
+    pub width: usize,
+    pub height: usize,
+    /// Factor the image was resized by.
+    pub scale: f32,
 }
 
 /// Detector tuning; defaults come from the manifest.
@@ -41,8 +52,16 @@ pub struct DetectorConfig {
 
 impl Default for DetectorConfig {
     fn default() -> Self {
-        Self { score_threshold: 0.6, nms_iou: 0.3, max_side: 640, min_side: 160, max_faces: 32 }
+        Self { score_threshold: 0.6, nms_iou: 0.3, max_side: 640, min_side: 320, max_faces: 32 }
     }
+}
+
+/// Settings that replace the manifest's and the built-in defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DetectorOverrides {
+    pub score_threshold: Option<f32>,
+    pub max_side: Option<u32>,
+    pub min_side: Option<u32>,
 }
 
 /// A YuNet detector with a small cache of plans, one per input size.
@@ -67,10 +86,11 @@ impl std::fmt::Debug for Detector {
 
 impl Detector {
     /// Loads the detector described by `manifest`, verifying the file digest.
+    /// Thresholds come from the manifest unless `overrides` sets them.
     pub fn load(
         manifest: &Manifest,
         precision: Option<Precision>,
-        config: Option<DetectorConfig>,
+        overrides: Option<DetectorOverrides>,
     ) -> Result<Self, ModelError> {
         if manifest.kind != ModelKind::Detector {
             return Err(ModelError::WrongKind {
@@ -97,13 +117,17 @@ impl Detector {
                     .ok_or_else(|| invalid(format!("output {wanted} not found (model outputs: {names:?})")))?;
             }
         }
-        let mut config = config.unwrap_or_default();
+        let mut config = DetectorConfig::default();
         if let Some(score) = manifest.thresholds.score {
             config.score_threshold = score;
         }
         if let Some(iou) = manifest.thresholds.nms_iou {
             config.nms_iou = iou;
         }
+        let overrides = overrides.unwrap_or_default();
+        config.score_threshold = overrides.score_threshold.unwrap_or(config.score_threshold);
+        config.max_side = overrides.max_side.unwrap_or(config.max_side);
+        config.min_side = overrides.min_side.unwrap_or(config.min_side);
         Ok(Self {
             id: manifest.id.clone(),
             graph,
@@ -132,29 +156,16 @@ impl Detector {
 
     /// Plans the model for frames of `width`×`height` ahead of time, so the
     /// first frame does not pay for optimisation.
-    pub fn prepare(&self, width: u32, height: u32) -> Result<(), ModelError> {
+    pub fn warm_up(&self, width: u32, height: u32) -> Result<(), ModelError> {
         let (_, padded) = self.input_geometry(width, height);
         self.plan_for(padded).map(|_| ())
     }
 
     /// Finds faces, best first. An image with no face gives an empty list.
     pub fn detect(&self, image: &RgbImage) -> Result<Vec<Detection>, InferenceError> {
-        let (width, height) = image.dimensions();
-        let (scale, (pw, ph)) = self.input_geometry(width, height);
-        let resized;
-        let source = if (scale - 1.0).abs() > f32::EPSILON {
-            let tw = ((width as f32 * scale).round() as u32).clamp(1, pw as u32);
-            let th = ((height as f32 * scale).round() as u32).clamp(1, ph as u32);
-            let filter = if scale < 1.0 { FilterType::Triangle } else { FilterType::CatmullRom };
-            resized = imageops::resize(image, tw, th, filter);
-            &resized
-        } else {
-            image
-        };
-        let input = self.to_tensor(source, pw, ph);
-        let plan =
-            self.plan_for((pw, ph)).map_err(|e| InferenceError { model: self.id.clone(), message: e.to_string() })?;
-        let outputs = onnx::run(&self.id, &plan, input)?;
+        let input = self.prepare(image);
+        let outputs = self.infer(&input)?;
+        let (pw, ph) = (input.width, input.height);
         let mut candidates = Vec::new();
         for (s, &stride) in STRIDES.iter().enumerate() {
             let [cls, obj, bbox, kps] = self.heads[s].map(|i| onnx::output_slice(&self.id, &outputs, i));
@@ -178,12 +189,46 @@ impl Detector {
             );
         }
         let mut faces = non_max_suppression(candidates, self.config.nms_iou, self.config.max_faces);
-        let inverse = 1.0 / scale;
+        let inverse = 1.0 / input.scale;
         for face in &mut faces {
             face.bbox = face.bbox.scaled(inverse);
             face.landmarks = face.landmarks.scaled(inverse);
         }
         Ok(faces)
+    }
+
+    /// Resizes and pads `image` into the network's input tensor.
+    pub fn prepare(&self, image: &RgbImage) -> PreparedInput {
+        let (width, height) = image.dimensions();
+        let (scale, (pw, ph)) = self.input_geometry(width, height);
+        let resized;
+        let source = if (scale - 1.0).abs() > f32::EPSILON {
+            let factor = (1.0 / scale).round();
+            resized = if factor >= 2.0 && (1.0 / scale - factor).abs() < 1e-6 {
+                // Integer shrink (a 640x480 camera frame detected at 320): a
+                // box filter is exact here and several times cheaper.
+                box_downscale(image, factor as u32)
+            } else {
+                let tw = ((width as f32 * scale).round() as u32).clamp(1, pw as u32);
+                let th = ((height as f32 * scale).round() as u32).clamp(1, ph as u32);
+                let filter = if scale < 1.0 { FilterType::Triangle } else { FilterType::CatmullRom };
+                imageops::resize(image, tw, th, filter)
+            };
+            &resized
+        } else {
+            image
+        };
+        PreparedInput { data: self.to_tensor_data(source, pw, ph), width: pw, height: ph, scale }
+    }
+
+    /// Runs the network on a prepared input (exposed for benchmarks).
+    pub fn infer(&self, input: &PreparedInput) -> Result<TVec<TValue>, InferenceError> {
+        let plan = self
+            .plan_for((input.width, input.height))
+            .map_err(|e| InferenceError { model: self.id.clone(), message: e.to_string() })?;
+        let tensor = Tensor::from_shape(&[1, 3, input.height, input.width], &input.data)
+            .map_err(|e| InferenceError { model: self.id.clone(), message: format!("{e:#}") })?;
+        onnx::run(&self.id, &plan, tensor)
     }
 
     /// The resize factor and the padded network input size for an image.
@@ -201,26 +246,28 @@ impl Detector {
         (scale, (round_up(width as f32 * scale), round_up(height as f32 * scale)))
     }
 
-    fn to_tensor(&self, image: &RgbImage, pw: usize, ph: usize) -> Tensor {
-        let mut array = tract_ndarray::Array4::<f32>::zeros((1, 3, ph, pw));
+    fn to_tensor_data(&self, image: &RgbImage, pw: usize, ph: usize) -> Vec<f32> {
+        let plane = pw * ph;
         let order: [usize; 3] = match self.channels {
             Channels::Rgb => [0, 1, 2],
             Channels::Bgr => [2, 1, 0],
         };
-        let (width, height) = image.dimensions();
-        let plane = pw * ph;
-        if let Some(data) = array.as_slice_mut() {
-            for y in 0..(height as usize).min(ph) {
-                for x in 0..(width as usize).min(pw) {
-                    let pixel = image.get_pixel(x as u32, y as u32).0;
-                    let at = y * pw + x;
-                    for (c, &source) in order.iter().enumerate() {
-                        data[c * plane + at] = (f32::from(pixel[source]) - self.mean[c]) * self.pixel_scale;
-                    }
+        // Padding holds the value a zero pixel becomes, so it looks black.
+        let mut data = vec![0.0f32; 3 * plane];
+        for (c, &source) in order.iter().enumerate() {
+            let pad = -self.mean[c] * self.pixel_scale;
+            let channel = &mut data[c * plane..(c + 1) * plane];
+            if pad != 0.0 {
+                channel.fill(pad);
+            }
+            for (y, row) in image.rows().take(ph).enumerate() {
+                let line = &mut channel[y * pw..(y + 1) * pw];
+                for (value, pixel) in line.iter_mut().zip(row) {
+                    *value = (f32::from(pixel.0[source]) - self.mean[c]) * self.pixel_scale;
                 }
             }
         }
-        array.into()
+        data
     }
 
     fn plan_for(&self, size: (usize, usize)) -> Result<Plan, ModelError> {
@@ -238,6 +285,34 @@ impl Detector {
         plans.push((size, plan.clone()));
         Ok(plan)
     }
+}
+
+/// Averages `factor`×`factor` blocks (the last partial row/column is dropped).
+fn box_downscale(image: &RgbImage, factor: u32) -> RgbImage {
+    let (w, h) = (image.width() / factor, image.height() / factor);
+    let area = factor * factor;
+    let src = image.as_raw();
+    let stride = image.width() as usize * 3;
+    let mut out = RgbImage::new(w.max(1), h.max(1));
+    let mut sums = vec![0u32; w as usize * 3];
+    for (y, row) in out.rows_mut().enumerate() {
+        sums.fill(0);
+        for dy in 0..factor as usize {
+            let line = &src[(y * factor as usize + dy) * stride..][..stride];
+            for (x, sum) in sums.chunks_exact_mut(3).enumerate() {
+                let block = &line[x * factor as usize * 3..][..factor as usize * 3];
+                for px in block.chunks_exact(3) {
+                    sum[0] += u32::from(px[0]);
+                    sum[1] += u32::from(px[1]);
+                    sum[2] += u32::from(px[2]);
+                }
+            }
+        }
+        for (pixel, sum) in row.zip(sums.chunks_exact(3)) {
+            pixel.0 = [0, 1, 2].map(|c| ((sum[c] + area / 2) / area) as u8);
+        }
+    }
+    out
 }
 
 /// Decodes one stride level of YuNet's heads into candidate detections.
@@ -293,6 +368,16 @@ mod tests {
 
     fn det(x: f32, score: f32) -> Detection {
         Detection { bbox: BoundingBox { x, y: 0.0, width: 10.0, height: 10.0 }, landmarks: Landmarks::default(), score }
+    }
+
+    #[test]
+    fn box_downscale_averages_blocks() {
+        let image = RgbImage::from_fn(5, 4, |x, y| image::Rgb([(x * 10) as u8, (y * 10) as u8, 7]));
+        let small = box_downscale(&image, 2);
+        assert_eq!(small.dimensions(), (2, 2));
+        // Block (0..2, 0..2): x values 0,10 -> 5; y values 0,10 -> 5.
+        assert_eq!(small.get_pixel(0, 0).0, [5, 5, 7]);
+        assert_eq!(small.get_pixel(1, 1).0, [25, 25, 7]);
     }
 
     #[test]

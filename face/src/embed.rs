@@ -1,7 +1,7 @@
 //! The embedder: face chip in, L2-normalised template out.
 
 use image::RgbImage;
-use tract_onnx::prelude::{Tensor, tract_ndarray};
+use tract_onnx::prelude::Tensor;
 
 use crate::align::ChipGeometry;
 use crate::error::{InferenceError, ModelError};
@@ -125,29 +125,36 @@ impl Embedder {
 
     /// Raw model output for one chip.
     pub fn run(&self, chip: &RgbImage) -> Result<Vec<f32>, InferenceError> {
-        let outputs = onnx::run(&self.id, &self.plan, self.to_tensor(chip))?;
-        Ok(onnx::output_slice(&self.id, &outputs, 0)?.to_vec())
+        self.infer(&self.input_data(chip))
     }
 
-    fn to_tensor(&self, chip: &RgbImage) -> Tensor {
+    /// The input tensor for one chip, NCHW f32 (exposed for benchmarks).
+    pub fn input_data(&self, chip: &RgbImage) -> Vec<f32> {
         let (w, h) = (self.geometry.width as usize, self.geometry.height as usize);
         let order: [usize; 3] = match self.channels {
             Channels::Rgb => [0, 1, 2],
             Channels::Bgr => [2, 1, 0],
         };
         let plane = w * h;
-        let mut array = tract_ndarray::Array4::<f32>::zeros((1, 3, h, w));
-        if let Some(data) = array.as_slice_mut() {
-            for (x, y, p) in chip.enumerate_pixels() {
-                let (x, y) = (x as usize, y as usize);
-                if x >= w || y >= h {
-                    continue;
-                }
-                for (c, &source) in order.iter().enumerate() {
-                    data[c * plane + y * w + x] = (f32::from(p.0[source]) - self.mean[c]) * self.pixel_scale;
-                }
+        let mut data = vec![0.0f32; 3 * plane];
+        for (x, y, p) in chip.enumerate_pixels() {
+            let (x, y) = (x as usize, y as usize);
+            if x >= w || y >= h {
+                continue;
+            }
+            for (c, &source) in order.iter().enumerate() {
+                data[c * plane + y * w + x] = (f32::from(p.0[source]) - self.mean[c]) * self.pixel_scale;
             }
         }
-        array.into()
+        data
+    }
+
+    /// Runs the network on a prepared input (exposed for benchmarks).
+    pub fn infer(&self, input: &[f32]) -> Result<Vec<f32>, InferenceError> {
+        let (w, h) = (self.geometry.width as usize, self.geometry.height as usize);
+        let tensor = Tensor::from_shape(&[1, 3, h, w], input)
+            .map_err(|e| InferenceError { model: self.id.clone(), message: format!("{e:#}") })?;
+        let outputs = onnx::run(&self.id, &self.plan, tensor)?;
+        Ok(onnx::output_slice(&self.id, &outputs, 0)?.to_vec())
     }
 }

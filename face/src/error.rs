@@ -24,7 +24,7 @@ pub enum DecodeError {
 /// A model could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]

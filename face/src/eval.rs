@@ -129,34 +129,34 @@ impl IdentificationCounts {
     }
 }
 
-/// One probe's best gallery candidate (`None` when no face was found).
+/// One probe's two best gallery identities (`best: None` when no face was found).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeOutcome {
     pub enrolled: bool,
     /// The best candidate's score and whether it is the probe's own identity.
     pub best: Option<(f32, bool)>,
+    /// The second-best identity's score.
+    pub runner_up: Option<f32>,
 }
 
-/// Counts rank-1 hits, FNIR and FPIR at `threshold`.
-pub fn identification_counts(outcomes: &[ProbeOutcome], threshold: f32) -> IdentificationCounts {
+/// Counts rank-1 hits, FNIR and FPIR under the open-set `rule` (threshold
+/// and margin over the runner-up).
+pub fn identification_counts(outcomes: &[ProbeOutcome], rule: &crate::thresholds::OpenSetRule) -> IdentificationCounts {
     let mut counts = IdentificationCounts::default();
     for outcome in outcomes {
+        let accepted = outcome.best.is_some_and(|(score, _)| {
+            score >= rule.threshold && outcome.runner_up.is_none_or(|second| score - second >= rule.margin)
+        });
         if outcome.enrolled {
             counts.enrolled += 1;
-            match outcome.best {
-                Some((score, true)) => {
-                    counts.rank1_hits += 1;
-                    if score < threshold {
-                        counts.false_negatives += 1;
-                    }
-                }
-                _ => counts.false_negatives += 1,
+            let correct = matches!(outcome.best, Some((_, true)));
+            counts.rank1_hits += usize::from(correct);
+            if !(correct && accepted) {
+                counts.false_negatives += 1;
             }
         } else {
             counts.unenrolled += 1;
-            if matches!(outcome.best, Some((score, _)) if score >= threshold) {
-                counts.false_positives += 1;
-            }
+            counts.false_positives += usize::from(accepted);
         }
     }
     counts
@@ -204,17 +204,25 @@ mod tests {
 
     #[test]
     fn identification_counts_follow_the_definitions() {
+        let o = |enrolled, best, runner_up| ProbeOutcome { enrolled, best, runner_up };
         let outcomes = [
-            ProbeOutcome { enrolled: true, best: Some((0.9, true)) },
-            ProbeOutcome { enrolled: true, best: Some((0.4, true)) },
-            ProbeOutcome { enrolled: true, best: Some((0.95, false)) },
-            ProbeOutcome { enrolled: true, best: None },
-            ProbeOutcome { enrolled: false, best: Some((0.7, false)) },
-            ProbeOutcome { enrolled: false, best: Some((0.3, false)) },
+            o(true, Some((0.9, true)), Some(0.5)),
+            o(true, Some((0.4, true)), None),
+            o(true, Some((0.95, false)), None),
+            o(true, None, None),
+            o(true, Some((0.9, true)), Some(0.89)),
+            o(false, Some((0.7, false)), None),
+            o(false, Some((0.3, false)), None),
+            o(false, Some((0.8, false)), Some(0.79)),
         ];
-        let c = identification_counts(&outcomes, 0.5);
-        assert_eq!((c.rank1_hits, c.enrolled, c.false_negatives), (2, 4, 3));
-        assert_eq!((c.unenrolled, c.false_positives), (2, 1));
-        assert_eq!(c.rank1(), 0.5);
+        let no_margin = crate::thresholds::OpenSetRule { threshold: 0.5, margin: 0.0 };
+        let c = identification_counts(&outcomes, &no_margin);
+        assert_eq!((c.rank1_hits, c.enrolled, c.false_negatives), (3, 5, 3));
+        assert_eq!((c.unenrolled, c.false_positives), (3, 2));
+        assert_eq!(c.rank1(), 0.6);
+        // A margin turns the close calls into misses and rejections.
+        let margin = crate::thresholds::OpenSetRule { threshold: 0.5, margin: 0.05 };
+        let c = identification_counts(&outcomes, &margin);
+        assert_eq!((c.false_negatives, c.false_positives), (4, 1));
     }
 }

@@ -6,6 +6,7 @@
 //! [`template`]) → 1:N search or 1:1 compare ([`matcher`]), with thresholds
 //! calibrated on real faces ([`thresholds`], [`eval`]). Models are described
 //! by manifests ([`manifest`]). No camera, no database, no async runtime.
+// Only matcher::kernel (runtime-dispatched SIMD) may use `unsafe`.
 #![deny(unsafe_code)]
 
 pub mod align;
@@ -25,7 +26,7 @@ pub mod template;
 pub mod thresholds;
 
 pub use decode::{decode_image, rgb_frame};
-pub use detect::{Detection, Detector, DetectorConfig};
+pub use detect::{Detection, Detector, DetectorConfig, DetectorOverrides, PreparedInput};
 pub use embed::Embedder;
 pub use error::{DecodeError, FaceError, InferenceError, ModelError};
 pub use geometry::{BoundingBox, Landmarks, Point};

@@ -183,6 +183,9 @@ pub struct Thresholds {
     pub match_threshold: Option<f32>,
     /// Embedder: the FMR the shipped threshold was calibrated for.
     pub match_fmr: Option<f64>,
+    /// Embedder: 1:N only — the best identity must beat the runner-up by at
+    /// least this much, or the search is ambiguous and nobody is identified.
+    pub margin: Option<f32>,
     /// Embedder: similarity above which enrollment reports a duplicate.
     pub dedup: Option<f32>,
     /// Embedder: whether templates average the chip and its mirror image.

@@ -6,7 +6,7 @@ use std::time::Instant;
 use image::RgbImage;
 use serde::Serialize;
 
-use crate::detect::{Detection, Detector, DetectorConfig};
+use crate::detect::{Detection, Detector, DetectorOverrides};
 use crate::embed::Embedder;
 use crate::error::{FaceError, InferenceError, ModelError};
 use crate::manifest::{Manifest, Precision};
@@ -26,7 +26,7 @@ pub struct PipelineOptions {
     pub embedder_precision: Option<Precision>,
     /// Mirror-averaged templates; the manifest's choice if `None`.
     pub mirror: Option<bool>,
-    pub detector: Option<DetectorConfig>,
+    pub detector: Option<DetectorOverrides>,
     pub quality: Option<QualityConfig>,
 }
 
@@ -113,6 +113,12 @@ impl FacePipeline {
     /// The shipped 1:1 threshold (cosine similarity).
     pub fn match_threshold(&self) -> Option<f32> {
         self.embedder_manifest.thresholds.match_threshold
+    }
+
+    /// The shipped 1:N rule: the 1:1 threshold and the manifest's margin.
+    pub fn open_set_rule(&self) -> Option<thresholds::OpenSetRule> {
+        let t = &self.embedder_manifest.thresholds;
+        Some(thresholds::OpenSetRule { threshold: t.match_threshold?, margin: t.margin.unwrap_or(0.0) })
     }
 
     /// The threshold for a 1:N search over `gallery_size` identities holding

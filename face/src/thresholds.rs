@@ -54,9 +54,69 @@ pub fn open_set_threshold(curve: &[OperatingPoint], target_fpir: f64, gallery_si
     Some(OpenSetThreshold { threshold, per_comparison_fmr, beyond_calibration: per_comparison_fmr < smallest })
 }
 
+/// The open-set (1:N) decision rule: the best identity must reach the
+/// threshold and beat the runner-up identity by `margin`. A stranger who
+/// resembles a group of enrolled people tends to score high against several
+/// of them at once; a genuine match stands out. Measured on the dev set (see
+/// README): at the shipped threshold a 0.01 margin cut the false-positive
+/// identification rate from 46.6% to 13.8% for +0.7 points of FNIR.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct OpenSetRule {
+    pub threshold: f32,
+    pub margin: f32,
+}
+
+/// What a 1:N search concluded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Identification<L> {
+    /// `label` reached the threshold and stood out by `margin` or more.
+    Identified { label: L, score: f32, runner_up: Option<f32> },
+    /// `label` reached the threshold but `runner_up` was too close behind.
+    Ambiguous { label: L, score: f32, runner_up: f32 },
+    /// Nobody reached the threshold (`best`: the best score, if any).
+    NoMatch { best: Option<f32> },
+}
+
+impl OpenSetRule {
+    /// Decides from the top two candidates, best first.
+    pub fn decide<L: Clone>(&self, top: &[crate::matcher::Match<L>]) -> Identification<L> {
+        let Some(best) = top.first() else {
+            return Identification::NoMatch { best: None };
+        };
+        if best.score < self.threshold {
+            return Identification::NoMatch { best: Some(best.score) };
+        }
+        let runner_up = top.get(1).map(|m| m.score);
+        match runner_up {
+            Some(second) if best.score - second < self.margin => {
+                Identification::Ambiguous { label: best.label.clone(), score: best.score, runner_up: second }
+            }
+            _ => Identification::Identified { label: best.label.clone(), score: best.score, runner_up },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::matcher::Match;
+
+    #[test]
+    fn open_set_rule_needs_threshold_and_margin() {
+        let rule = OpenSetRule { threshold: 0.9, margin: 0.01 };
+        let m = |label: &'static str, score| Match { label, score };
+        assert_eq!(rule.decide::<&str>(&[]), Identification::NoMatch { best: None });
+        assert_eq!(rule.decide(&[m("a", 0.85)]), Identification::NoMatch { best: Some(0.85) });
+        assert_eq!(
+            rule.decide(&[m("a", 0.95)]),
+            Identification::Identified { label: "a", score: 0.95, runner_up: None }
+        );
+        assert_eq!(
+            rule.decide(&[m("a", 0.95), m("b", 0.945)]),
+            Identification::Ambiguous { label: "a", score: 0.95, runner_up: 0.945 }
+        );
+        assert!(matches!(rule.decide(&[m("a", 0.95), m("b", 0.93)]), Identification::Identified { .. }));
+    }
 
     fn curve() -> Vec<OperatingPoint> {
         vec![

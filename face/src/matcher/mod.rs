@@ -15,6 +15,8 @@ use std::hash::Hash;
 use crate::error::FaceError;
 use crate::template::Template;
 
+mod kernel;
+
 /// Float rounding allowance added to every bound.
 const ROUNDING: f32 = 1e-5;
 
@@ -38,24 +40,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
-/// Integer dot product of int8 codes, exact in i32 for any dimension below 2^17.
-pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0i32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += i32::from(x[i]) * i32::from(y[i]);
-        }
-    }
-    let mut sum: i32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        sum += i32::from(*x) * i32::from(*y);
-    }
-    sum
-}
+pub use kernel::dot_i8;
 
 /// Symmetric int8 quantization of `v` into `codes`: returns the scale and the
 /// residual norm ‖v − scale·codes‖.
@@ -252,10 +237,12 @@ impl<L: Clone + Eq + Hash> Gallery<L> {
         let (query_scale, query_residual) = quantize(&query.vector, &mut query_codes);
         // Approximate score and its error bound for every row; the lower bound
         // of each label is its best row's approximate score minus that bound.
+        let mut dots = Vec::with_capacity(self.len());
+        kernel::scan_i8(&query_codes, &self.codes, d, &mut dots);
         let mut approx = Vec::with_capacity(self.len());
         let mut label_floor = vec![f32::NEG_INFINITY; self.labels.len()];
-        for (row, codes) in self.codes.chunks_exact(d).enumerate() {
-            let a = dot_i8(&query_codes, codes) as f32 * query_scale * self.scales[row];
+        for (row, &dot) in dots.iter().enumerate() {
+            let a = dot as f32 * query_scale * self.scales[row];
             let r = self.residuals[row];
             let bound = query_residual * (1.0 + r) + r + ROUNDING;
             approx.push((a, bound));
