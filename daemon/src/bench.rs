@@ -58,13 +58,16 @@ pub struct BenchReport {
     pub images: usize,
     pub frames: Vec<FrameBench>,
     pub matching: Vec<MatchBench>,
+    /// tract vs onnxruntime per model file (with `--onnxruntime`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub engines: Vec<EngineComparison>,
     pub cpu: String,
 }
 
 /// Errors of the bench command.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]
@@ -74,6 +77,8 @@ pub enum BenchError {
     NoPhotos(PathBuf),
     #[error(transparent)]
     Inference(#[from] facegate_face::InferenceError),
+    #[error("{0}")]
+    Engine(String),
 }
 
 /// Reads every decodable photo of `dir` (sorted by name).
@@ -207,4 +212,133 @@ pub fn cpu_model() -> String {
 
 fn ms(started: Instant) -> f64 {
     started.elapsed().as_secs_f64() * 1e3
+}
+
+/// tract and onnxruntime timed on the same ONNX file with the same input.
+#[derive(Debug, Serialize)]
+pub struct EngineComparison {
+    pub model: String,
+    pub input_shape: Vec<usize>,
+    pub tract: Latency,
+    pub onnxruntime_median_ms: f64,
+    pub onnxruntime_p95_ms: f64,
+    /// tract median / onnxruntime median (below 1: tract is faster).
+    pub ratio: f64,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct OrtTiming {
+    median_ms: f64,
+    p95_ms: f64,
+}
+
+/// Runs every shipped file of both models through tract here and through
+/// onnxruntime (one thread, `models/tools/ort_bench.py` run by `python`) on
+/// the same real input tensors, and reports the ratio.
+pub fn compare_engines(
+    models_dir: &Path,
+    photo: &RgbImage,
+    python: &Path,
+    iterations: usize,
+) -> Result<Vec<EngineComparison>, BenchError> {
+    use facegate_face::manifest::Manifest;
+    use facegate_face::{Detector, Embedder, ModelSet};
+
+    let set = ModelSet::discover(models_dir, None, None).map_err(|e| BenchError::Engine(e.to_string()))?;
+    let scratch = std::env::temp_dir().join(format!("facegate-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|source| BenchError::Read { path: scratch.clone(), source })?;
+    let mut out = Vec::new();
+    let time = |mut f: Box<dyn FnMut() -> Result<(), BenchError> + '_>| -> Result<Latency, BenchError> {
+        for _ in 0..5 {
+            f()?;
+        }
+        let mut samples = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let t = Instant::now();
+            f()?;
+            samples.push(ms(t));
+        }
+        Ok(Latency::of(&mut samples))
+    };
+    let file_of = |manifest: &Manifest, precision| manifest.file(Some(precision)).map(|f| manifest.dir.join(&f.file));
+
+    // The detector on real 640x480 and 320x240 frames.
+    let face_frame = as_frame(photo, 640, 480);
+    for file in &set.detector.files {
+        let detector =
+            Detector::load(&set.detector, Some(file.precision), None).map_err(|e| BenchError::Engine(e.to_string()))?;
+        for (w, h) in [(640, 480), (320, 240)] {
+            let input = detector.prepare(&as_frame(photo, w, h));
+            let tract = time(Box::new(|| detector.infer(&input).map(|_| ()).map_err(BenchError::from)))?;
+            let shape = vec![1, 3, input.height, input.width];
+            let path = file_of(&set.detector, file.precision).map_err(|e| BenchError::Engine(e.to_string()))?;
+            out.push(run_onnxruntime(python, &path, &shape, &input.data, iterations, &scratch, tract)?);
+        }
+    }
+    // The embedder on a real face chip.
+    let landmarks = {
+        let detector = Detector::load(&set.detector, None, None).map_err(|e| BenchError::Engine(e.to_string()))?;
+        detector
+            .detect(&face_frame)?
+            .first()
+            .map(|f| f.landmarks)
+            .ok_or_else(|| BenchError::Engine("no face in the bench photo".into()))?
+    };
+    for file in &set.embedder.files {
+        let embedder = Embedder::load(&set.embedder, Some(file.precision), Some(false))
+            .map_err(|e| BenchError::Engine(e.to_string()))?;
+        let chip =
+            embedder.chip(&face_frame, &landmarks).ok_or_else(|| BenchError::Engine("degenerate landmarks".into()))?;
+        let input = embedder.input_data(&chip);
+        let tract = time(Box::new(|| embedder.infer(&input).map(|_| ()).map_err(BenchError::from)))?;
+        let g = embedder.geometry();
+        let shape = vec![1, 3, g.height as usize, g.width as usize];
+        let path = file_of(&set.embedder, file.precision).map_err(|e| BenchError::Engine(e.to_string()))?;
+        out.push(run_onnxruntime(python, &path, &shape, &input, iterations, &scratch, tract)?);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(out)
+}
+
+fn run_onnxruntime(
+    python: &Path,
+    model: &Path,
+    shape: &[usize],
+    input: &[f32],
+    iterations: usize,
+    scratch: &Path,
+    tract: Latency,
+) -> Result<EngineComparison, BenchError> {
+    let input_file = scratch.join("input.f32");
+    let bytes: Vec<u8> = input.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&input_file, bytes).map_err(|source| BenchError::Read { path: input_file.clone(), source })?;
+    let script = model.parent().unwrap_or(Path::new(".")).join("tools/ort_bench.py");
+    let shape_arg = shape.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let output = std::process::Command::new(python)
+        .arg(&script)
+        .arg("--model")
+        .arg(model)
+        .args(["--input-shape", &shape_arg])
+        .arg("--input-file")
+        .arg(&input_file)
+        .args(["--iterations", &iterations.to_string()])
+        .output()
+        .map_err(|e| BenchError::Engine(format!("cannot run {}: {e}", python.display())))?;
+    if !output.status.success() {
+        return Err(BenchError::Engine(format!(
+            "onnxruntime bench failed for {}: {}",
+            model.display(),
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    let timing: OrtTiming = serde_json::from_slice(&output.stdout)
+        .map_err(|e| BenchError::Engine(format!("unexpected ort_bench output: {e}")))?;
+    Ok(EngineComparison {
+        model: model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        input_shape: shape.to_vec(),
+        ratio: if timing.median_ms > 0.0 { tract.median_ms / timing.median_ms } else { f64::NAN },
+        tract,
+        onnxruntime_median_ms: timing.median_ms,
+        onnxruntime_p95_ms: timing.p95_ms,
+    })
 }

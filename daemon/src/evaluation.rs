@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use facegate_face::eval::{self, IdentificationCounts, ProbeOutcome};
 use facegate_face::manifest::OperatingPoint;
+use facegate_face::thresholds::OpenSetRule;
 use facegate_face::{FaceError, FacePipeline, Gallery, Template};
 use serde::Serialize;
 
@@ -17,7 +18,7 @@ pub const REPORTED_FMRS: [(&str, f64); 3] = [("1e-2", 1e-2), ("1e-3", 1e-3), ("1
 /// Errors of the evaluation runner (bad lists, unreadable files).
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]
@@ -68,21 +69,53 @@ impl Table {
     }
 }
 
-/// Group labels of photos, from a manifest CSV (`path` plus a group column).
+/// Group labels of photos, from a manifest CSV (`path` plus a group column,
+/// and `identity` when present).
 #[derive(Debug, Default)]
 pub struct Groups {
     column: String,
     by_path: HashMap<String, String>,
+    identity: HashMap<String, String>,
 }
 
 impl Groups {
     pub fn read(path: &Path, column: &str) -> Result<Self, EvalError> {
         let table = Table::read(path, &["path", column])?;
         let mut by_path = HashMap::new();
+        let mut identity = HashMap::new();
         for (line, row) in table.rows.iter().enumerate() {
-            by_path.insert(table.get(row, "path", line)?.to_owned(), table.get(row, column, line)?.to_owned());
+            let photo = table.get(row, "path", line)?.to_owned();
+            if let Some(id) = row.get("identity") {
+                identity.insert(photo.clone(), id.clone());
+            }
+            by_path.insert(photo, table.get(row, column, line)?.to_owned());
         }
-        Ok(Self { column: column.to_owned(), by_path })
+        Ok(Self { column: column.to_owned(), by_path, identity })
+    }
+
+    /// Every pair of photos of different people within one group, by group.
+    fn within_group_impostors(&self) -> BTreeMap<String, Vec<(String, String)>> {
+        let mut members: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (path, group) in &self.by_path {
+            if self.identity.contains_key(path) {
+                members.entry(group.as_str()).or_default().push(path.as_str());
+            }
+        }
+        members
+            .into_iter()
+            .map(|(group, mut photos)| {
+                photos.sort_unstable();
+                let mut pairs = Vec::new();
+                for (i, a) in photos.iter().enumerate() {
+                    for b in &photos[i + 1..] {
+                        if self.identity.get(*a) != self.identity.get(*b) {
+                            pairs.push(((*a).to_owned(), (*b).to_owned()));
+                        }
+                    }
+                }
+                (group.to_owned(), pairs)
+            })
+            .collect()
     }
 
     fn of(&self, path: &str) -> &str {
@@ -159,6 +192,10 @@ pub struct GroupFigures {
     pub fmr_ratio: Option<f64>,
     pub eer: f64,
     pub involving: InvolvingFigures,
+    /// With `--within-group-impostors`: every impostor pair among the group's
+    /// photos in the manifest, not only those in the pairs file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all_impostors: Option<InvolvingFigures>,
 }
 
 /// Impostor figures over pairs with at least one photo in the group.
@@ -186,6 +223,8 @@ pub struct PairsReport {
     pub eer_threshold: f32,
     pub fnmr_at_fmr: BTreeMap<&'static str, f64>,
     pub threshold_at_fmr: BTreeMap<&'static str, f32>,
+    /// The FMR actually reached at each of those thresholds (at most the target).
+    pub achieved_fmr: BTreeMap<&'static str, f64>,
     /// The manifest column groups come from, and the figures per group.
     pub group_by: Option<String>,
     pub groups: BTreeMap<String, GroupFigures>,
@@ -207,6 +246,7 @@ pub fn evaluate_pairs(
     root: &Path,
     pairs_csv: &Path,
     groups: Option<&Groups>,
+    within_group_impostors: bool,
     threads: usize,
 ) -> Result<PairsReport, EvalError> {
     let threshold = pipeline.match_threshold().ok_or(EvalError::NoThreshold)?;
@@ -229,10 +269,22 @@ pub fn evaluate_pairs(
             same,
         });
     }
-    let mut paths: Vec<String> = pairs.iter().flat_map(|p| [p.a.clone(), p.b.clone()]).collect();
+    let extra = match groups {
+        Some(g) if within_group_impostors => g.within_group_impostors(),
+        _ => BTreeMap::new(),
+    };
+    let mut paths: Vec<String> = pairs
+        .iter()
+        .flat_map(|p| [p.a.clone(), p.b.clone()])
+        .chain(extra.values().flatten().flat_map(|(a, b)| [a.clone(), b.clone()]))
+        .collect();
     paths.sort();
     paths.dedup();
     let cache = TemplateCache::build(pipeline, root, &paths, threads);
+    let score_of = |a: &str, b: &str| match (cache.get(a), cache.get(b)) {
+        (Some(a), Some(b)) => a.similarity(b).unwrap_or(f32::NEG_INFINITY),
+        _ => f32::NEG_INFINITY,
+    };
 
     #[derive(Default)]
     struct Scores {
@@ -246,10 +298,7 @@ pub fn evaluate_pairs(
     let mut failed_impostor = 0;
     let mut by_group: BTreeMap<String, Scores> = BTreeMap::new();
     for pair in &pairs {
-        let score = match (cache.get(&pair.a), cache.get(&pair.b)) {
-            (Some(a), Some(b)) => a.similarity(b).unwrap_or(f32::NEG_INFINITY),
-            _ => f32::NEG_INFINITY,
-        };
+        let score = score_of(&pair.a, &pair.b);
         let failed = !score.is_finite();
         record(&mut all, pair.same, score, failed);
         if failed {
@@ -296,6 +345,11 @@ pub fn evaluate_pairs(
                     fmr: involving_fmr,
                     fmr_ratio: ratio(involving_fmr, s.involving_impostor.len()),
                 },
+                all_impostors: extra.get(&name).map(|pairs| {
+                    let scores: Vec<f32> = pairs.iter().map(|(a, b)| score_of(a, b)).collect();
+                    let fmr = eval::fmr(&scores, threshold);
+                    InvolvingFigures { impostor: scores.len(), fmr, fmr_ratio: ratio(fmr, scores.len()) }
+                }),
             };
             (name, figures)
         })
@@ -317,6 +371,11 @@ pub fn evaluate_pairs(
         eer_threshold: eer.threshold,
         fnmr_at_fmr: REPORTED_FMRS.iter().zip(&curve).map(|((name, _), p)| (*name, p.fnmr)).collect(),
         threshold_at_fmr: REPORTED_FMRS.iter().zip(&curve).map(|((name, _), p)| (*name, p.threshold)).collect(),
+        achieved_fmr: REPORTED_FMRS
+            .iter()
+            .zip(&curve)
+            .map(|((name, _), p)| (*name, eval::fmr(&all.impostor, p.threshold)))
+            .collect(),
         group_by: groups.map(|g| g.column.clone()),
         groups: groups_out,
         failed_images: cache.failures(),
@@ -324,10 +383,11 @@ pub fn evaluate_pairs(
     })
 }
 
-/// Open-set figures at one threshold.
+/// Open-set figures under one decision rule (threshold and margin).
 #[derive(Debug, Serialize)]
 pub struct OpenSetFigures {
     pub threshold: f32,
+    pub margin: f32,
     pub rank1: f64,
     pub fnir: f64,
     pub fpir: f64,
@@ -336,9 +396,16 @@ pub struct OpenSetFigures {
 }
 
 impl OpenSetFigures {
-    fn new(outcomes: &[ProbeOutcome], threshold: f32) -> Self {
-        let counts = eval::identification_counts(outcomes, threshold);
-        Self { threshold, rank1: counts.rank1(), fnir: counts.fnir(), fpir: counts.fpir(), counts }
+    fn new(outcomes: &[ProbeOutcome], rule: OpenSetRule) -> Self {
+        let counts = eval::identification_counts(outcomes, &rule);
+        Self {
+            threshold: rule.threshold,
+            margin: rule.margin,
+            rank1: counts.rank1(),
+            fnir: counts.fnir(),
+            fpir: counts.fpir(),
+            counts,
+        }
     }
 }
 
@@ -355,8 +422,12 @@ pub struct IdentifyReport {
     pub fnir: f64,
     pub fpir: f64,
     pub threshold: f32,
+    /// The shipped margin the best identity must have over the runner-up.
+    pub margin: f32,
     #[serde(flatten)]
     pub counts: IdentificationCounts,
+    /// The same threshold without the margin rule, for comparison.
+    pub without_margin: OpenSetFigures,
     /// The gallery-size-aware threshold for the target FPIR, and its figures.
     pub open_set: Option<OpenSetReport>,
     pub group_by: Option<String>,
@@ -383,7 +454,7 @@ pub fn evaluate_identify(
     target_fpir: f64,
     threads: usize,
 ) -> Result<IdentifyReport, EvalError> {
-    let threshold = pipeline.match_threshold().ok_or(EvalError::NoThreshold)?;
+    let rule = pipeline.open_set_rule().ok_or(EvalError::NoThreshold)?;
     let gallery_table = Table::read(gallery_csv, &["path", "identity"])?;
     let probe_table = Table::read(probes_csv, &["path", "identity", "enrolled"])?;
     let mut enrolments = Vec::new();
@@ -422,29 +493,30 @@ pub fn evaluate_identify(
     let mut by_group: BTreeMap<String, Vec<ProbeOutcome>> = BTreeMap::new();
     let mut failed_probes = 0;
     for (path, identity, enrolled) in &probes {
-        let best = match cache.get(path) {
-            Some(template) => gallery
-                .search(template, 1)
-                .ok()
-                .and_then(|m| m.into_iter().next())
-                .map(|m| (m.score, m.label == *identity)),
+        let top = match cache.get(path) {
+            Some(template) => gallery.search(template, 2).unwrap_or_default(),
             None => {
                 failed_probes += 1;
-                None
+                Vec::new()
             }
         };
-        let outcome = ProbeOutcome { enrolled: *enrolled, best };
+        let outcome = ProbeOutcome {
+            enrolled: *enrolled,
+            best: top.first().map(|m| (m.score, m.label == *identity)),
+            runner_up: top.get(1).map(|m| m.score),
+        };
         if let Some(g) = groups {
             by_group.entry(g.of(path).to_owned()).or_default().push(outcome.clone());
         }
         outcomes.push(outcome);
     }
-    let overall = OpenSetFigures::new(&outcomes, threshold);
+    let overall = OpenSetFigures::new(&outcomes, rule);
+    let without_margin = OpenSetFigures::new(&outcomes, OpenSetRule { margin: 0.0, ..rule });
     let open_set = pipeline.open_set_threshold(target_fpir, gallery.identities()).map(|t| OpenSetReport {
         target_fpir,
         per_comparison_fmr: t.per_comparison_fmr,
         beyond_calibration: t.beyond_calibration,
-        figures: OpenSetFigures::new(&outcomes, t.threshold),
+        figures: OpenSetFigures::new(&outcomes, OpenSetRule { threshold: t.threshold, ..rule }),
     });
     Ok(IdentifyReport {
         model: pipeline.model_id().to_owned(),
@@ -456,11 +528,13 @@ pub fn evaluate_identify(
         rank1: overall.rank1,
         fnir: overall.fnir,
         fpir: overall.fpir,
-        threshold,
+        threshold: rule.threshold,
+        margin: rule.margin,
         counts: overall.counts,
+        without_margin,
         open_set,
         group_by: groups.map(|g| g.column.clone()),
-        groups: by_group.into_iter().map(|(k, v)| (k, OpenSetFigures::new(&v, threshold))).collect(),
+        groups: by_group.into_iter().map(|(k, v)| (k, OpenSetFigures::new(&v, rule))).collect(),
         failed_images: cache.failures(),
     })
 }

@@ -8,13 +8,13 @@ use serde::Serialize;
 /// Why a photo could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Face {
         path: PathBuf,
         #[source]

@@ -29,6 +29,9 @@ struct ModelArgs {
     /// Average each template with its mirror image (on/off); the manifest's choice otherwise.
     #[arg(long, global = true)]
     mirror: Option<bool>,
+    /// Shrink images so their longer side is at most this before detection (default 640).
+    #[arg(long, global = true)]
+    detector_max_side: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +63,12 @@ enum Command {
         /// Gallery sizes for the matching benchmark.
         #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
         gallery_sizes: Vec<usize>,
+        /// Also time every model file in onnxruntime (one thread) on the same inputs and print tract/onnxruntime.
+        #[arg(long)]
+        onnxruntime: bool,
+        /// Python interpreter with onnxruntime (default: MODELS/tools/python.sh, which builds a pinned venv).
+        #[arg(long)]
+        python: Option<PathBuf>,
         #[command(flatten)]
         models: ModelArgs,
     },
@@ -80,6 +89,10 @@ enum EvalCommand {
         /// Also print the measured operating curve as a manifest [thresholds] snippet (stderr).
         #[arg(long)]
         calibration: bool,
+        /// Per group, also score every impostor pair among the group's manifest photos (FRVT-style
+        /// within-group FMR), not only the pairs in the file.
+        #[arg(long)]
+        within_group_impostors: bool,
     },
     /// Open-set identification (1:N): rank-1, FNIR and FPIR.
     Identify {
@@ -149,12 +162,34 @@ fn fail(status: u8) -> impl FnOnce(anyhow::Error) -> Failure {
     move |error| Failure { status, error }
 }
 
+fn models_dir(args: &ModelArgs) -> PathBuf {
+    args.models.clone().unwrap_or_else(|| facegate_face::models::default_models_dir(None))
+}
+
+/// Photos of `dir` and of its subdirectories (one level).
+fn load_photo_dirs(dir: &Path) -> Result<Vec<facegate_face::RgbImage>, Failure> {
+    let mut images = bench::load_photos(dir).unwrap_or_default();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut subdirs: Vec<PathBuf> =
+            entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+        subdirs.sort();
+        for sub in subdirs {
+            images.extend(bench::load_photos(&sub).unwrap_or_default());
+        }
+    }
+    if images.is_empty() {
+        return Err(fail(exit::NO_INPUT)(anyhow::anyhow!("no photos found in {}", dir.display())));
+    }
+    Ok(images)
+}
+
 fn load_pipeline(args: &ModelArgs, quality: Option<QualityConfig>) -> Result<FacePipeline, Failure> {
-    let dir = args.models.clone().unwrap_or_else(|| facegate_face::models::default_models_dir(None));
+    let dir = models_dir(args);
     let options = PipelineOptions {
         detector_precision: args.detector_precision,
         embedder_precision: args.embedder_precision,
         mirror: args.mirror,
+        detector: Some(facegate_face::DetectorOverrides { max_side: args.detector_max_side, ..Default::default() }),
         quality,
         ..PipelineOptions::default()
     };
@@ -220,12 +255,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(|e| Failure { status: inspect_status(&e), error: e.into() })?;
             print_json(&report)
         }
-        Command::Eval(EvalCommand::Pairs { root, pairs, common, calibration }) => {
+        Command::Eval(EvalCommand::Pairs { root, pairs, common, calibration, within_group_impostors }) => {
             let quality = common.no_quality_gate.then(QualityConfig::permissive);
             let pipeline = load_pipeline(&common.models, quality)?;
             let groups = groups_for(&root, &common)?;
-            let report = evaluation::evaluate_pairs(&pipeline, &root, &pairs, groups.as_ref(), threads(&common))
-                .map_err(|e| Failure { status: eval_status(&e), error: e.into() })?;
+            let report = evaluation::evaluate_pairs(
+                &pipeline,
+                &root,
+                &pairs,
+                groups.as_ref(),
+                within_group_impostors,
+                threads(&common),
+            )
+            .map_err(|e| Failure { status: eval_status(&e), error: e.into() })?;
             if calibration {
                 eprintln!(
                     "[thresholds] curve measured on {} ({} genuine, {} impostor pairs):",
@@ -262,13 +304,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 print_json(&report)
             } else {
                 println!(
-                    "gallery {} identities ({} photos, {} failed); {} probes ({} failed)\nthreshold {:.4}: rank-1 {:.4}, FNIR {:.4}, FPIR {:.4}",
+                    "gallery {} identities ({} photos, {} failed); {} probes ({} failed)\nthreshold {:.4}, margin {:.3}: rank-1 {:.4}, FNIR {:.4}, FPIR {:.4}",
                     report.gallery_identities,
                     report.gallery_images,
                     report.gallery_failed,
                     report.probes,
                     report.failed_probes,
                     report.threshold,
+                    report.margin,
                     report.rank1,
                     report.fnir,
                     report.fpir
@@ -276,13 +319,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Ok(())
             }
         }
-        Command::Bench { photos, rounds, gallery_sizes, models } => {
+        Command::Bench { photos, rounds, gallery_sizes, onnxruntime, python, models } => {
             let pipeline = load_pipeline(&models, Some(QualityConfig::permissive()))?;
-            let dir = photos.unwrap_or_else(|| facegate_face::models::default_models_dir(None).join("testdata/photos"));
-            let images = bench::load_photos(&dir).map_err(|e| fail(exit::NO_INPUT)(e.into()))?;
+            let models_dir = models_dir(&models);
+            let dir = photos.unwrap_or_else(|| models_dir.join("testdata/photos"));
+            let images = load_photo_dirs(&dir)?;
             let frames = bench::bench_frames(&pipeline, &images, &[(320, 240), (640, 480)], rounds)
                 .map_err(|e| fail(exit::SOFTWARE)(e.into()))?;
             let matching = bench::bench_matching(pipeline.model_id(), pipeline.embedder().dim(), &gallery_sizes, 200);
+            let engines = if onnxruntime {
+                let python = python.unwrap_or_else(|| models_dir.join("tools/python.sh"));
+                bench::compare_engines(&models_dir, &images[0], &python, 50)
+                    .map_err(|e| fail(exit::UNAVAILABLE)(e.into()))?
+            } else {
+                Vec::new()
+            };
             print_json(&bench::BenchReport {
                 detector: pipeline.detector().id().to_owned(),
                 embedder: pipeline.model_id().to_owned(),
@@ -290,6 +341,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 images: images.len(),
                 frames,
                 matching,
+                engines,
                 cpu: bench::cpu_model(),
             })
         }
@@ -323,5 +375,14 @@ fn print_pairs_text(report: &evaluation::PairsReport) {
             g.involving.fmr,
             g.involving.fmr_ratio.unwrap_or(0.0)
         );
+        if let Some(all) = &g.all_impostors {
+            println!(
+                "  {:>16}  all {:>6} within-group impostor pairs: FMR {:.5} (x{:.1})",
+                "",
+                all.impostor,
+                all.fmr,
+                all.fmr_ratio.unwrap_or(0.0)
+            );
+        }
     }
 }
