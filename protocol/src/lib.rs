@@ -1,0 +1,15 @@
+//! The facegate sync protocol: message types, MQTT topics, the CBOR wire
+//! format with size limits and Ed25519 signatures, and the sync state
+//! machines. Pure: no sockets, no async runtime, no clock of its own.
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod ids;
+pub mod messages;
+pub mod signing;
+pub mod topics;
+
+pub use codec::{Kind, Message, PROTOCOL_VERSION, ProtocolError, decode, decode_verified, encode, encode_signed};
+pub use ids::{DeviceId, IdentityId, InvalidId, ShardId};
+pub use messages::*;
+pub use signing::{KeyError, KeyId, PublicKey, SigningKey, TrustedKeys};

@@ -1,0 +1,265 @@
+//! Message types of the sync protocol (see DESIGN.md §5).
+//!
+//! Server → device messages (deltas, snapshots, acknowledgements, commands)
+//! are signed by the central key; device → server messages travel on topics
+//! only that device may publish to (broker ACL + client certificate).
+//! Every struct refuses unknown fields: a message this version does not
+//! understand is an error, never half-applied.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{DeviceId, IdentityId, ShardId};
+
+/// Seconds since the Unix epoch, UTC.
+pub type UnixSeconds = i64;
+/// Milliseconds since the Unix epoch, UTC.
+pub type UnixMillis = i64;
+
+/// Longest display name accepted, in bytes.
+pub const MAX_NAME_BYTES: usize = 200;
+/// Most templates one identity may carry.
+pub const MAX_TEMPLATES_PER_IDENTITY: usize = 16;
+/// Longest template vector, in bytes (1024 f32 values).
+pub const MAX_TEMPLATE_BYTES: usize = 4096;
+
+/// A person as a kiosk needs to know them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityRecord {
+    pub id: IdentityId,
+    pub name: String,
+    /// Access is allowed from this time on (inclusive); `None`: no start.
+    pub valid_from: Option<UnixSeconds>,
+    /// Access is allowed until this time (exclusive); `None`: no end.
+    pub valid_until: Option<UnixSeconds>,
+    /// Incremented centrally on every change of the record or its templates.
+    pub version: u64,
+}
+
+impl IdentityRecord {
+    /// Whether access is allowed at `now`.
+    pub fn valid_at(&self, now: UnixSeconds) -> bool {
+        self.valid_from.is_none_or(|from| now >= from) && self.valid_until.is_none_or(|until| now < until)
+    }
+}
+
+/// One template: little-endian f32 values of a unit vector made by `model_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateRecord {
+    pub model_id: String,
+    #[serde(with = "serde_bytes")]
+    pub vector: Vec<u8>,
+}
+
+/// One change to a shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum DeltaOp {
+    /// Adds the identity or replaces its record and all of its templates.
+    Upsert { identity: IdentityRecord, templates: Vec<TemplateRecord> },
+    /// Forgets the identity and its templates.
+    Remove { identity: IdentityId },
+}
+
+/// Consecutive changes to one shard: applying it to a shard at `base_seq`
+/// brings it to `seq`. A device applies it only when its own sequence number
+/// for the shard is exactly `base_seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaBatch {
+    pub shard: ShardId,
+    pub base_seq: u64,
+    pub seq: u64,
+    pub ops: Vec<DeltaOp>,
+}
+
+/// One identity of a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotEntry {
+    pub identity: IdentityRecord,
+    pub templates: Vec<TemplateRecord>,
+}
+
+/// Part `index` of `count` of the state of `shard` at `seq`, sent when the
+/// delta log no longer reaches back to a device's sequence number. The shard
+/// is replaced only once every chunk of one `snapshot` has arrived.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotChunk {
+    pub shard: ShardId,
+    pub seq: u64,
+    /// Distinguishes two snapshots of the same shard and seq.
+    pub snapshot: u64,
+    pub index: u32,
+    pub count: u32,
+    pub entries: Vec<SnapshotEntry>,
+}
+
+/// An order from the centre to one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Ask for every shard's missing deltas now.
+    Resync,
+    /// Forget every identity and template (the device is being decommissioned).
+    Wipe,
+    /// Encrypt the gallery under a fresh device key.
+    RotateKey,
+}
+
+/// What the centre sends one device on its `down` topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Down {
+    /// Deltas answering a resync request.
+    Deltas(DeltaBatch),
+    Snapshot(SnapshotChunk),
+    /// Every audit event with `seq <= up_to_seq` is stored centrally.
+    AuditAck {
+        up_to_seq: u64,
+    },
+    /// `id` increases per device, so a replayed command is refused.
+    Command {
+        id: u64,
+        command: Command,
+    },
+}
+
+/// A signed message to one device. `device` is inside the signature, so a
+/// message for one kiosk cannot be replayed to another.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownMessage {
+    pub device: DeviceId,
+    pub sent_at: UnixMillis,
+    pub body: Down,
+}
+
+/// A door decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// A known, currently allowed person, shown live.
+    Grant,
+    /// A known person who is not allowed now (validity window).
+    Deny,
+    /// Nobody in the gallery matched.
+    Unknown,
+    /// A presentation attack, or a face never shown live.
+    Spoof,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grant => "grant",
+            Self::Deny => "deny",
+            Self::Unknown => "unknown",
+            Self::Spoof => "spoof",
+        }
+    }
+}
+
+/// Presentation-attack detection verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LivenessVerdict {
+    Live,
+    Spoof,
+    Unsure,
+}
+
+/// Milliseconds spent per pipeline stage for a decision (sums over the
+/// frames of the attempt).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageMillis {
+    pub detect: f32,
+    pub align: f32,
+    pub quality: f32,
+    pub liveness: f32,
+    pub embed: f32,
+    #[serde(rename = "match")]
+    pub matching: f32,
+}
+
+/// One decision as the audit trail records it. No face image, by design.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEvent {
+    pub device: DeviceId,
+    /// Per device, strictly increasing; with `device`, the event's identity.
+    pub seq: u64,
+    pub at: UnixMillis,
+    pub decision: Decision,
+    pub identity: Option<IdentityId>,
+    /// Best similarity found (any identity).
+    pub score: Option<f32>,
+    pub liveness: LivenessVerdict,
+    pub liveness_score: Option<f32>,
+    /// Why the decision was taken, for people reading the trail.
+    pub reason: Option<String>,
+    pub model_id: String,
+    pub frames: u32,
+    pub timings_ms: StageMillis,
+}
+
+/// One batch of audit events, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditBatch {
+    pub events: Vec<AuditEvent>,
+}
+
+/// What a device sends the centre on its `up` topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Up {
+    /// "I am at `have_seq` of `shard`; send what I am missing."
+    ResyncRequest {
+        shard: ShardId,
+        have_seq: u64,
+    },
+    Audit(AuditBatch),
+    /// "I have applied `shard` up to `seq`" — the acknowledgement that makes
+    /// removals provable.
+    Applied {
+        shard: ShardId,
+        seq: u64,
+    },
+}
+
+/// A message from one device. The broker only lets a device publish on its
+/// own topic, and the server checks `device` against the topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpMessage {
+    pub device: DeviceId,
+    pub sent_at: UnixMillis,
+    pub body: Up,
+}
+
+/// Applied sequence number of one shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardProgress {
+    pub shard: ShardId,
+    pub seq: u64,
+}
+
+/// A device's retained status (its last will says `online: false`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceStatus {
+    pub device: DeviceId,
+    pub online: bool,
+    pub at: UnixMillis,
+    pub shards: Vec<ShardProgress>,
+    pub model_id: Option<String>,
+    pub version: String,
+    /// Short health words: "ok", "camera-lost", "degraded: …".
+    pub health: String,
+    pub outbox_depth: u64,
+}

@@ -1,0 +1,127 @@
+//! Ed25519 keys (`ring`): the central signing key and the public keys a
+//! device pins at provisioning.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use ring::signature::{self, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+
+/// First 8 bytes of SHA-256 of a public key: names the key in an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId(pub [u8; 8]);
+
+impl KeyId {
+    pub fn of(public_key: &[u8]) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, public_key);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&digest.as_ref()[..8]);
+        Self(id)
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        <[u8; 8]>::try_from(bytes).ok().map(Self)
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::codec::hex(&self.0))
+    }
+}
+
+/// Why a key could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("not an Ed25519 PKCS#8 private key")]
+    BadPrivateKey,
+    #[error("an Ed25519 public key is 32 bytes, got {0}")]
+    BadPublicKey(usize),
+    #[error("the system random generator failed")]
+    Random,
+}
+
+/// The central signing key.
+pub struct SigningKey {
+    pair: Ed25519KeyPair,
+    id: KeyId,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// A fresh key, as PKCS#8 bytes to be stored by the caller.
+    pub fn generate_pkcs8() -> Result<Vec<u8>, KeyError> {
+        let rng = ring::rand::SystemRandom::new();
+        Ed25519KeyPair::generate_pkcs8(&rng).map(|d| d.as_ref().to_vec()).map_err(|_| KeyError::Random)
+    }
+
+    pub fn from_pkcs8(pkcs8: &[u8]) -> Result<Self, KeyError> {
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|_| KeyError::BadPrivateKey)?;
+        let id = KeyId::of(pair.public_key().as_ref());
+        Ok(Self { pair, id })
+    }
+
+    pub fn key_id(&self) -> KeyId {
+        self.id
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey { bytes: self.pair.public_key().as_ref().to_vec(), id: self.id }
+    }
+
+    pub fn sign(&self, data: &[u8]) -> Vec<u8> {
+        self.pair.sign(data).as_ref().to_vec()
+    }
+}
+
+/// An Ed25519 public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    bytes: Vec<u8>,
+    id: KeyId,
+}
+
+impl PublicKey {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        if bytes.len() != 32 {
+            return Err(KeyError::BadPublicKey(bytes.len()));
+        }
+        Ok(Self { bytes: bytes.to_vec(), id: KeyId::of(bytes) })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn key_id(&self) -> KeyId {
+        self.id
+    }
+
+    pub fn verify(&self, data: &[u8], signature_bytes: &[u8]) -> Result<(), ring::error::Unspecified> {
+        UnparsedPublicKey::new(&signature::ED25519, &self.bytes).verify(data, signature_bytes)
+    }
+}
+
+/// The public keys a device trusts (one, or two while a key is rotated).
+#[derive(Debug, Clone, Default)]
+pub struct TrustedKeys {
+    keys: HashMap<KeyId, PublicKey>,
+}
+
+impl TrustedKeys {
+    pub fn new(keys: impl IntoIterator<Item = PublicKey>) -> Self {
+        Self { keys: keys.into_iter().map(|k| (k.key_id(), k)).collect() }
+    }
+
+    pub fn get(&self, id: &KeyId) -> Option<&PublicKey> {
+        self.keys.get(id)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
