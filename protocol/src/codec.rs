@@ -1,18 +1,24 @@
-//! The wire format: a CBOR envelope `{v, kind, body, sig, key}` around a
+//! The wire format: a CBOR envelope `{v, kind, body, sig?, key?}` around a
 //! CBOR-encoded message. Server → device bodies are signed with Ed25519; the
-//! signature covers a domain tag, the kind and the body bytes. Sizes are
-//! checked before parsing, the version and kind after, the signature before
-//! the body is decoded, and the decoded message is validated before anyone
-//! may act on it.
+//! signature covers a domain tag, the kind and the body bytes — so every field
+//! of the message, sequence numbers and the addressed device included, is
+//! covered, and a body cannot be moved to another kind. Sizes are checked
+//! before parsing, the version and kind after, the signature before the body
+//! is decoded, and the decoded message is validated before anyone may act on
+//! it. Replays of correctly signed messages are the sync state machines'
+//! business ([`crate::sync`]): they act on sequence numbers, which an
+//! attacker cannot change without breaking the signature.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::messages::{
-    AuditBatch, DeltaBatch, DeltaOp, DeviceStatus, Down, DownMessage, MAX_NAME_BYTES, MAX_TEMPLATE_BYTES,
-    MAX_TEMPLATES_PER_IDENTITY, SnapshotChunk, TemplateRecord, Up, UpMessage,
+    AuditBatch, AuditEvent, DeltaBatch, DeltaOp, DeviceStatus, Down, DownMessage, MAX_AUDIT_BATCH_EVENTS,
+    MAX_DELTA_OPS, MAX_MODEL_ID_BYTES, MAX_NAME_BYTES, MAX_REASON_BYTES, MAX_SNAPSHOT_CHUNK_ENTRIES,
+    MAX_SNAPSHOT_CHUNKS, MAX_STATUS_SHARDS, MAX_TEMPLATE_BYTES, MAX_TEMPLATES_PER_IDENTITY, SnapshotChunk,
+    SnapshotEntry, TemplateRecord, Up, UpMessage,
 };
-use crate::signing::{KeyId, SigningKey, TrustedKeys};
+use crate::signing::{KeyId, SIGNATURE_LEN, SigningKey, TrustedKeys};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -59,6 +65,14 @@ impl Kind {
             Self::Status => "status",
         }
     }
+
+    /// Every kind, for tests and tools.
+    pub const ALL: [Kind; 4] = [Self::Delta, Self::Down, Self::Up, Self::Status];
+
+    /// The kind named `name` on the wire.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
 }
 
 /// Why bytes were refused. Nothing is applied for any of these.
@@ -69,7 +83,9 @@ pub enum ProtocolError {
     #[error("malformed CBOR in {what}: {message}")]
     Malformed { what: &'static str, message: String },
     #[error("protocol version {found} is not supported (this build speaks {PROTOCOL_VERSION})")]
-    Version { found: u16 },
+    Version { found: u64 },
+    #[error("unknown message kind {found:?}")]
+    UnknownKind { found: String },
     #[error("expected a {expected} message, got {found}")]
     WrongKind { expected: &'static str, found: &'static str },
     #[error("{kind} message is not signed")]
@@ -86,17 +102,26 @@ pub enum ProtocolError {
     Encode { kind: &'static str, message: String },
 }
 
+/// The envelope as written. Absent `sig` and `key` are left out of the map.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Envelope {
-    v: u16,
-    kind: Kind,
+    v: u64,
+    /// A [`Kind`] name; kept as text so an unknown kind is a typed error.
+    kind: String,
     #[serde(with = "serde_bytes")]
     body: Vec<u8>,
-    #[serde(default, with = "serde_bytes")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
     sig: Option<Vec<u8>>,
-    #[serde(default, with = "serde_bytes")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
     key: Option<Vec<u8>>,
+}
+
+/// Just the version of an envelope: read first, so a future envelope with
+/// other fields is refused as a version mismatch rather than as garbage.
+#[derive(Deserialize)]
+struct VersionProbe {
+    v: u64,
 }
 
 /// A message type with its kind and semantic checks.
@@ -132,8 +157,13 @@ fn signed_bytes(kind: Kind, body: &[u8]) -> Vec<u8> {
     data
 }
 
-fn finish(kind: Kind, envelope: &Envelope) -> Result<Vec<u8>, ProtocolError> {
-    let bytes = to_cbor(kind, envelope)?;
+fn seal(kind: Kind, body: Vec<u8>, key: Option<&SigningKey>) -> Result<Vec<u8>, ProtocolError> {
+    let (sig, key) = match key {
+        Some(key) => (Some(key.sign(&signed_bytes(kind, &body))), Some(key.key_id().0.to_vec())),
+        None => (None, None),
+    };
+    let envelope = Envelope { v: u64::from(PROTOCOL_VERSION), kind: kind.as_str().to_string(), body, sig, key };
+    let bytes = to_cbor(kind, &envelope)?;
     if bytes.len() > kind.max_bytes() {
         return Err(ProtocolError::TooLarge { kind: kind.as_str(), size: bytes.len(), max: kind.max_bytes() });
     }
@@ -143,10 +173,11 @@ fn finish(kind: Kind, envelope: &Envelope) -> Result<Vec<u8>, ProtocolError> {
 /// Encodes and signs a server → device message.
 pub fn encode_signed<M: Message>(message: &M, key: &SigningKey) -> Result<Vec<u8>, ProtocolError> {
     let kind = M::KIND;
+    if !kind.signed() {
+        return Err(ProtocolError::Encode { kind: kind.as_str(), message: "this kind is never signed".into() });
+    }
     message.validate().map_err(|message| ProtocolError::Invalid { kind: kind.as_str(), message })?;
-    let body = to_cbor(kind, message)?;
-    let sig = key.sign(&signed_bytes(kind, &body));
-    finish(kind, &Envelope { v: PROTOCOL_VERSION, kind, body, sig: Some(sig), key: Some(key.key_id().0.to_vec()) })
+    seal(kind, to_cbor(kind, message)?, Some(key))
 }
 
 /// Encodes an unsigned device → server message.
@@ -156,22 +187,38 @@ pub fn encode<M: Message>(message: &M) -> Result<Vec<u8>, ProtocolError> {
         return Err(ProtocolError::Encode { kind: kind.as_str(), message: "this kind must be signed".into() });
     }
     message.validate().map_err(|message| ProtocolError::Invalid { kind: kind.as_str(), message })?;
-    let body = to_cbor(kind, message)?;
-    finish(kind, &Envelope { v: PROTOCOL_VERSION, kind, body, sig: None, key: None })
+    seal(kind, to_cbor(kind, message)?, None)
+}
+
+/// Wraps `body` — any bytes, not checked — in a current envelope of `kind`,
+/// signed with `key` when given (whatever the kind). For tests, fuzzing and
+/// tools that must produce malformed or misdirected messages; production code
+/// uses [`encode`] and [`encode_signed`]. Still refuses an envelope over the
+/// kind's size limit.
+pub fn seal_unchecked(kind: Kind, body: &[u8], key: Option<&SigningKey>) -> Result<Vec<u8>, ProtocolError> {
+    seal(kind, body.to_vec(), key)
 }
 
 fn open(kind: Kind, bytes: &[u8]) -> Result<Envelope, ProtocolError> {
     if bytes.len() > kind.max_bytes() {
         return Err(ProtocolError::TooLarge { kind: kind.as_str(), size: bytes.len(), max: kind.max_bytes() });
     }
-    let envelope: Envelope = from_cbor("envelope", bytes)?;
-    if envelope.v != PROTOCOL_VERSION {
-        return Err(ProtocolError::Version { found: envelope.v });
+    let probe: VersionProbe = from_cbor("envelope", bytes)?;
+    if probe.v != u64::from(PROTOCOL_VERSION) {
+        return Err(ProtocolError::Version { found: probe.v });
     }
-    if envelope.kind != kind {
-        return Err(ProtocolError::WrongKind { expected: kind.as_str(), found: envelope.kind.as_str() });
+    let envelope: Envelope = from_cbor("envelope", bytes)?;
+    let found =
+        Kind::from_name(&envelope.kind).ok_or_else(|| ProtocolError::UnknownKind { found: short(&envelope.kind) })?;
+    if found != kind {
+        return Err(ProtocolError::WrongKind { expected: kind.as_str(), found: found.as_str() });
     }
     Ok(envelope)
+}
+
+/// At most 64 characters of `text`, for error messages.
+fn short(text: &str) -> String {
+    text.chars().take(64).collect()
 }
 
 fn body<M: Message>(envelope: &Envelope) -> Result<M, ProtocolError> {
@@ -188,8 +235,13 @@ pub fn decode_verified<M: Message>(bytes: &[u8], keys: &TrustedKeys) -> Result<M
     let (Some(sig), Some(key)) = (&envelope.sig, &envelope.key) else {
         return Err(ProtocolError::Unsigned { kind: kind.as_str() });
     };
-    let key_id = KeyId::from_slice(key).ok_or(ProtocolError::UnknownKey { kind: kind.as_str(), key: hex(key) })?;
-    let public = keys.get(&key_id).ok_or(ProtocolError::UnknownKey { kind: kind.as_str(), key: key_id.to_string() })?;
+    let key_id = KeyId::from_slice(key)
+        .ok_or_else(|| ProtocolError::UnknownKey { kind: kind.as_str(), key: hex(&key[..key.len().min(32)]) })?;
+    let public =
+        keys.get(&key_id).ok_or_else(|| ProtocolError::UnknownKey { kind: kind.as_str(), key: key_id.to_string() })?;
+    if sig.len() != SIGNATURE_LEN {
+        return Err(ProtocolError::BadSignature { kind: kind.as_str() });
+    }
     public
         .verify(&signed_bytes(kind, &envelope.body), sig)
         .map_err(|_| ProtocolError::BadSignature { kind: kind.as_str() })?;
@@ -215,9 +267,7 @@ fn validate_templates(templates: &[TemplateRecord]) -> Result<(), String> {
         return Err(format!("{} templates (at most {MAX_TEMPLATES_PER_IDENTITY})", templates.len()));
     }
     for t in templates {
-        if t.model_id.is_empty() || t.model_id.len() > 64 {
-            return Err("template model id must be 1-64 bytes".into());
-        }
+        validate_model_id(&t.model_id)?;
         if t.vector.is_empty() || t.vector.len() > MAX_TEMPLATE_BYTES || t.vector.len() % 4 != 0 {
             return Err(format!(
                 "template of {} bytes is not a vector of f32 (4..{MAX_TEMPLATE_BYTES})",
@@ -228,18 +278,32 @@ fn validate_templates(templates: &[TemplateRecord]) -> Result<(), String> {
     Ok(())
 }
 
+fn validate_model_id(model_id: &str) -> Result<(), String> {
+    if model_id.is_empty() || model_id.len() > MAX_MODEL_ID_BYTES {
+        return Err(format!("model id must be 1-{MAX_MODEL_ID_BYTES} bytes"));
+    }
+    Ok(())
+}
+
+fn validate_upsert(identity: &crate::messages::IdentityRecord, templates: &[TemplateRecord]) -> Result<(), String> {
+    if identity.name.len() > MAX_NAME_BYTES {
+        return Err(format!("name of {} is longer than {MAX_NAME_BYTES} bytes", identity.id));
+    }
+    if let (Some(from), Some(until)) = (identity.valid_from, identity.valid_until)
+        && from >= until
+    {
+        return Err(format!("validity window of {} is empty", identity.id));
+    }
+    validate_templates(templates)
+}
+
 fn validate_ops(ops: &[DeltaOp]) -> Result<(), String> {
+    if ops.len() > MAX_DELTA_OPS {
+        return Err(format!("{} operations (at most {MAX_DELTA_OPS})", ops.len()));
+    }
     for op in ops {
         if let DeltaOp::Upsert { identity, templates } = op {
-            if identity.name.len() > MAX_NAME_BYTES {
-                return Err(format!("name of {} is longer than {MAX_NAME_BYTES} bytes", identity.id));
-            }
-            if let (Some(from), Some(until)) = (identity.valid_from, identity.valid_until)
-                && from >= until
-            {
-                return Err(format!("validity window of {} is empty", identity.id));
-            }
-            validate_templates(templates)?;
+            validate_upsert(identity, templates)?;
         }
     }
     Ok(())
@@ -264,20 +328,48 @@ impl Message for DownMessage {
         match &self.body {
             Down::Deltas(batch) => batch.validate(),
             Down::Snapshot(chunk) => validate_snapshot(chunk),
-            Down::AuditAck { .. } | Down::Command { .. } => Ok(()),
+            Down::AuditAck { .. } | Down::Command { .. } | Down::Head { .. } => Ok(()),
         }
     }
 }
 
 fn validate_snapshot(chunk: &SnapshotChunk) -> Result<(), String> {
-    if chunk.count == 0 || chunk.index >= chunk.count {
-        return Err(format!("chunk {} of {}", chunk.index, chunk.count));
+    if chunk.count == 0 || chunk.index >= chunk.count || chunk.count > MAX_SNAPSHOT_CHUNKS {
+        return Err(format!("chunk {} of {} (at most {MAX_SNAPSHOT_CHUNKS} chunks)", chunk.index, chunk.count));
     }
-    for entry in &chunk.entries {
-        validate_ops(std::slice::from_ref(&DeltaOp::Upsert {
-            identity: entry.identity.clone(),
-            templates: entry.templates.clone(),
-        }))?;
+    if chunk.entries.len() > MAX_SNAPSHOT_CHUNK_ENTRIES {
+        return Err(format!("{} entries in one chunk (at most {MAX_SNAPSHOT_CHUNK_ENTRIES})", chunk.entries.len()));
+    }
+    for SnapshotEntry { identity, templates } in &chunk.entries {
+        validate_upsert(identity, templates)?;
+    }
+    Ok(())
+}
+
+fn finite(what: &str, value: Option<f32>) -> Result<(), String> {
+    match value {
+        Some(v) if !v.is_finite() => Err(format!("{what} is not a finite number")),
+        _ => Ok(()),
+    }
+}
+
+fn validate_event(event: &AuditEvent) -> Result<(), String> {
+    validate_model_id(&event.model_id)?;
+    if event.reason.as_ref().is_some_and(|r| r.len() > MAX_REASON_BYTES) {
+        return Err(format!("reason longer than {MAX_REASON_BYTES} bytes"));
+    }
+    finite("score", event.score)?;
+    finite("liveness score", event.liveness_score)?;
+    let t = event.timings_ms;
+    for (name, value) in [
+        ("detect", t.detect),
+        ("align", t.align),
+        ("quality", t.quality),
+        ("liveness", t.liveness),
+        ("embed", t.embed),
+        ("match", t.matching),
+    ] {
+        finite(name, Some(value))?;
     }
     Ok(())
 }
@@ -290,6 +382,9 @@ impl Message for UpMessage {
                 if events.is_empty() {
                     return Err("empty audit batch".into());
                 }
+                if events.len() > MAX_AUDIT_BATCH_EVENTS {
+                    return Err(format!("{} audit events (at most {MAX_AUDIT_BATCH_EVENTS})", events.len()));
+                }
                 for pair in events.windows(2) {
                     if pair[1].seq <= pair[0].seq {
                         return Err("audit events are not in increasing seq order".into());
@@ -298,7 +393,7 @@ impl Message for UpMessage {
                 if let Some(e) = events.iter().find(|e| e.device != self.device) {
                     return Err(format!("audit event of device {} sent by {}", e.device, self.device));
                 }
-                Ok(())
+                events.iter().try_for_each(validate_event)
             }
             Up::ResyncRequest { .. } | Up::Applied { .. } => Ok(()),
         }
@@ -311,6 +406,15 @@ impl Message for DeviceStatus {
         if self.version.len() > 64 || self.health.len() > 256 {
             return Err("version or health text too long".into());
         }
+        if self.shards.len() > MAX_STATUS_SHARDS {
+            return Err(format!("{} shards (at most {MAX_STATUS_SHARDS})", self.shards.len()));
+        }
+        if let Some(model_id) = &self.model_id {
+            validate_model_id(model_id)?;
+        }
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -9,7 +9,9 @@ pub mod messages;
 pub mod signing;
 pub mod topics;
 
-pub use codec::{Kind, Message, PROTOCOL_VERSION, ProtocolError, decode, decode_verified, encode, encode_signed};
+pub use codec::{
+    Kind, Message, PROTOCOL_VERSION, ProtocolError, decode, decode_verified, encode, encode_signed, seal_unchecked,
+};
 pub use ids::{DeviceId, IdentityId, InvalidId, ShardId};
 pub use messages::*;
 pub use signing::{KeyError, KeyId, PublicKey, SigningKey, TrustedKeys};

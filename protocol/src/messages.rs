@@ -21,6 +21,20 @@ pub const MAX_NAME_BYTES: usize = 200;
 pub const MAX_TEMPLATES_PER_IDENTITY: usize = 16;
 /// Longest template vector, in bytes (1024 f32 values).
 pub const MAX_TEMPLATE_BYTES: usize = 4096;
+/// Longest model id, in bytes.
+pub const MAX_MODEL_ID_BYTES: usize = 64;
+/// Longest audit `reason`, in bytes.
+pub const MAX_REASON_BYTES: usize = 1024;
+/// Most audit events in one [`AuditBatch`].
+pub const MAX_AUDIT_BATCH_EVENTS: usize = 256;
+/// Most entries in one [`SnapshotChunk`].
+pub const MAX_SNAPSHOT_CHUNK_ENTRIES: usize = 4096;
+/// Most chunks in one snapshot.
+pub const MAX_SNAPSHOT_CHUNKS: u32 = 65_536;
+/// Most operations in one [`DeltaBatch`].
+pub const MAX_DELTA_OPS: usize = 4096;
+/// Most shards one device reports in its [`DeviceStatus`].
+pub const MAX_STATUS_SHARDS: usize = 256;
 
 /// A person as a kiosk needs to know them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,6 +138,13 @@ pub enum Down {
     Command {
         id: u64,
         command: Command,
+    },
+    /// "The log of `shard` ends at `seq`": the answer to a resync request
+    /// when there is nothing (more) to send, and after a partial answer. A
+    /// device at `seq` knows it is current; one below asks again.
+    Head {
+        shard: ShardId,
+        seq: u64,
     },
 }
 

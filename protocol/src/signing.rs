@@ -6,6 +6,9 @@ use std::fmt;
 
 use ring::signature::{self, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 
+/// Length of an Ed25519 signature, in bytes.
+pub const SIGNATURE_LEN: usize = 64;
+
 /// First 8 bytes of SHA-256 of a public key: names the key in an envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyId(pub [u8; 8]);
@@ -61,6 +64,15 @@ impl SigningKey {
 
     pub fn from_pkcs8(pkcs8: &[u8]) -> Result<Self, KeyError> {
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|_| KeyError::BadPrivateKey)?;
+        let id = KeyId::of(pair.public_key().as_ref());
+        Ok(Self { pair, id })
+    }
+
+    /// The key whose 32-byte Ed25519 seed is `seed`: for tests and golden
+    /// vectors (Ed25519 signatures are deterministic). Keys in production
+    /// come from [`SigningKey::generate_pkcs8`].
+    pub fn from_seed(seed: &[u8; 32]) -> Result<Self, KeyError> {
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| KeyError::BadPrivateKey)?;
         let id = KeyId::of(pair.public_key().as_ref());
         Ok(Self { pair, id })
     }
