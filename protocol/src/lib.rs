@@ -7,6 +7,7 @@ pub mod codec;
 pub mod ids;
 pub mod messages;
 pub mod signing;
+pub mod sync;
 pub mod topics;
 
 pub use codec::{
