@@ -8,7 +8,13 @@ pub const DATA: u8 = 65;
 pub const NO_INPUT: u8 = 66;
 /// A required service or resource (the models) is unavailable.
 pub const UNAVAILABLE: u8 = 69;
+/// An operating-system resource failed (a port, a thread).
+pub const OS: u8 = 71;
+/// The state directory or database cannot be created or opened.
+pub const CANT_CREATE: u8 = 73;
 /// An internal error: a bug, or a model that misbehaves.
 pub const SOFTWARE: u8 = 70;
+/// Reading, writing or creating a file failed (a full disk, failing storage).
+pub const IO_ERROR: u8 = 74;
 /// Bad configuration; systemd must not restart us (`RestartPreventExitStatus=78`).
 pub const CONFIG: u8 = 78;

@@ -5,8 +5,17 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use facegate_daemon::{bench, evaluation, exit, inspect};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use facegate_daemon::config::{self, DaemonConfig, ProcessEnvironment};
+use facegate_daemon::kiosk::{KioskError, Recorded};
+use facegate_daemon::runtime::{self, RunError};
+use facegate_daemon::source::{Pace, SourceError, SourceSpec};
+use facegate_daemon::{bench, evaluation, exit, inspect, service};
 use facegate_face::{FacePipeline, PipelineOptions, Precision, QualityConfig};
+
+mod eval_liveness;
 
 #[derive(Debug, Parser)]
 #[command(name = "facegate-daemon", version, about = "facegate kiosk daemon: face verification at the door")]
@@ -36,6 +45,38 @@ struct ModelArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The kiosk's gallery database: standalone enrollment and inspection.
+    #[command(subcommand)]
+    Gallery(facegate_daemon::store::cli::GalleryCommand),
+    /// Run the kiosk service (under systemd: Type=notify, watchdog, journald).
+    Run {
+        /// The daemon configuration (TOML).
+        #[arg(long, default_value = "/etc/facegate/daemon.toml")]
+        config: PathBuf,
+    },
+    /// Run the full pipeline over a video file or a directory of frames as fast as possible, then exit.
+    Replay {
+        /// The gallery database directory.
+        #[arg(long)]
+        db: PathBuf,
+        /// A video file or a directory of frames.
+        source: PathBuf,
+        /// Print one JSON line per decision.
+        #[arg(long)]
+        json: bool,
+        /// A daemon configuration to take the other settings from.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The device key file (default DB/device.key, created if absent).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Frame rate of a directory of frames.
+        #[arg(long, default_value_t = 25.0)]
+        fps: f64,
+    },
+    /// Check or print the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Find faces in an image; prints JSON (boxes, landmarks, scores).
     Detect {
         image: PathBuf,
@@ -75,6 +116,17 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Parse and check a configuration file; exit 78 with the reason if it is bad.
+    Validate {
+        #[arg(long, default_value = "/etc/facegate/daemon.toml")]
+        config: PathBuf,
+    },
+    /// Print the compiled-in default configuration.
+    Default,
+}
+
+#[derive(Debug, Subcommand)]
 enum EvalCommand {
     /// Verification (1:1) on a list of pairs: FNMR/FMR at the shipped threshold, EER, FNMR at fixed FMRs.
     Pairs {
@@ -110,6 +162,8 @@ enum EvalCommand {
         #[command(flatten)]
         common: EvalArgs,
     },
+    /// Presentation-attack detection: APCER per attack type and BPCER on a labelled data directory.
+    Liveness(eval_liveness::LivenessEvalArgs),
 }
 
 #[derive(Debug, Args)]
@@ -241,8 +295,105 @@ fn threads(args: &EvalArgs) -> usize {
     args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
+fn load_config(path: &Path) -> Result<DaemonConfig, Failure> {
+    DaemonConfig::load(path, &ProcessEnvironment).map_err(|e| fail(exit::CONFIG)(e.into()))
+}
+
+fn run_status(error: &RunError) -> u8 {
+    match error {
+        RunError::Kiosk(KioskError::Models(_) | KioskError::NoThreshold(_)) => exit::UNAVAILABLE,
+        RunError::Kiosk(KioskError::Liveness(_)) => exit::CONFIG,
+        RunError::Kiosk(KioskError::Store(_) | KioskError::StateDir { .. }) => exit::CANT_CREATE,
+        RunError::Kiosk(KioskError::Inference(_)) => exit::SOFTWARE,
+        RunError::Source(SourceError::Unsupported { .. } | SourceError::Open { .. }) => exit::NO_INPUT,
+        RunError::Source(_) => exit::DATA,
+        RunError::Http { .. } | RunError::Runtime(_) => exit::OS,
+    }
+}
+
+fn replay_json(recorded: &Recorded) -> serde_json::Value {
+    let r = &recorded.record;
+    let t = &r.timings;
+    serde_json::json!({
+        "decision": r.decision.as_str(),
+        "identity": r.identity.as_ref().map(|i| i.as_str()),
+        "name": r.name,
+        "score": r.score,
+        "liveness": r.liveness,
+        "liveness_score": r.liveness_score,
+        "reason": r.reason,
+        "track": r.track,
+        "frames": r.frames,
+        "started_at_ms": r.started_at.as_millis() as u64,
+        "decided_at_ms": r.decided_at.as_millis() as u64,
+        "timings_ms": {
+            "detect": t.detect, "align": t.align, "quality": t.quality,
+            "liveness": t.liveness, "embed": t.embed, "match": t.matching,
+        },
+        "audit_seq": recorded.audit_seq,
+    })
+}
+
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::Gallery(command) => {
+            facegate_daemon::store::cli::run(command).map_err(|e| Failure { status: e.exit_status(), error: e.into() })
+        }
+        Command::Run { config } => {
+            let config = load_config(&config)?;
+            service::init_logging(log::LevelFilter::Info);
+            let shutdown = Arc::new(AtomicBool::new(false));
+            runtime::run(&config, shutdown).map_err(|e| Failure { status: run_status(&e), error: e.into() })
+        }
+        Command::Replay { db, source, json, config, key, fps } => {
+            let mut config = match config {
+                Some(path) => load_config(&path)?,
+                None => DaemonConfig::parse(config::DEFAULT_CONFIG, "built-in defaults", &ProcessEnvironment)
+                    .map_err(|e| fail(exit::CONFIG)(e.into()))?,
+            };
+            config.source = SourceSpec::Replay { path: source, pace: Pace::AsFastAsPossible, fps, repeat: false };
+            config.gallery.db = db;
+            if key.is_some() {
+                config.gallery.key = key;
+            }
+            service::init_logging(log::LevelFilter::Warn);
+            let summary = runtime::replay(&config, |recorded| {
+                if json {
+                    println!("{}", replay_json(recorded));
+                } else {
+                    let r = &recorded.record;
+                    println!(
+                        "{:>8} ms  track {:>3}  {:<7} {:<20} score {:<6} liveness {:?}  {}",
+                        r.decided_at.as_millis(),
+                        r.track,
+                        r.decision.as_str(),
+                        r.identity.as_ref().map_or("-", |i| i.as_str()),
+                        r.score.map_or("-".into(), |s| format!("{s:.3}")),
+                        r.liveness,
+                        r.reason
+                    );
+                }
+            })
+            .map_err(|e| Failure { status: run_status(&e), error: e.into() })?;
+            eprintln!(
+                "replay: {} frames ({} unreadable), {} decisions, {:.1} s, {:.1} frames/s",
+                summary.frames,
+                summary.unreadable_frames,
+                summary.decisions,
+                summary.seconds,
+                summary.frames_per_second
+            );
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Validate { config }) => {
+            let parsed = load_config(&config)?;
+            println!("{}: ok (device {}, source: {})", config.display(), parsed.device.id, parsed.source.describe());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", config::DEFAULT_CONFIG);
+            Ok(())
+        }
         Command::Detect { image, models } => {
             let pipeline = load_pipeline(&models, None)?;
             let report = inspect::detect(&pipeline, &image)
@@ -318,6 +469,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 );
                 Ok(())
             }
+        }
+        Command::Eval(EvalCommand::Liveness(args)) => {
+            eval_liveness::run(&args).map_err(|(status, error)| Failure { status, error })
         }
         Command::Bench { photos, rounds, gallery_sizes, onnxruntime, python, models } => {
             let pipeline = load_pipeline(&models, Some(QualityConfig::permissive()))?;

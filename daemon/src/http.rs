@@ -1,0 +1,144 @@
+//! Loopback HTTP: `/health` (the process answers), `/ready` (a latch
+//! released once every dependency — models, gallery, camera — has come up)
+//! and `/metrics` (Prometheus text).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+
+/// The dependencies readiness waits for, and the latch.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    state: Arc<Mutex<(BTreeMap<&'static str, bool>, bool)>>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self::waiting_for(&["models", "gallery", "camera"])
+    }
+}
+
+impl Readiness {
+    pub fn waiting_for(dependencies: &[&'static str]) -> Self {
+        let deps = dependencies.iter().map(|d| (*d, false)).collect();
+        Self { state: Arc::new(Mutex::new((deps, false))) }
+    }
+
+    /// Marks `dependency` up (or down); the latch opens when all are up and
+    /// then stays open.
+    pub fn set(&self, dependency: &'static str, up: bool) {
+        if let Ok(mut state) = self.state.lock() {
+            state.0.insert(dependency, up);
+            if state.0.values().all(|v| *v) {
+                state.1 = true;
+            }
+        }
+    }
+
+    /// Whether the latch is open, and each dependency's state.
+    pub fn report(&self) -> (bool, BTreeMap<&'static str, bool>) {
+        self.state.lock().map(|s| (s.1, s.0.clone())).unwrap_or_default()
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    registry: Arc<Registry>,
+    readiness: Readiness,
+}
+
+pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
+    Router::new()
+        .route("/health", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(Shared { registry, readiness })
+}
+
+async fn ready(State(shared): State<Shared>) -> impl IntoResponse {
+    let (open, deps) = shared.readiness.report();
+    let body = serde_json::json!({ "ready": open, "dependencies": deps }).to_string();
+    let status = if open { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+async fn metrics(State(shared): State<Shared>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        crate::metrics::render(&shared.registry),
+    )
+}
+
+/// Serves until `shutdown` is set.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    readiness: Readiness,
+    shutdown: Arc<AtomicBool>,
+) {
+    let stop = async move {
+        while !shutdown.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    if let Err(error) = axum::serve(listener, router(registry, readiness)).with_graceful_shutdown(stop).await {
+        log::error!(error:% = error; "HTTP endpoint failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_is_a_latch_over_every_dependency() {
+        let r = Readiness::waiting_for(&["a", "b"]);
+        r.set("a", true);
+        assert!(!r.report().0);
+        r.set("b", true);
+        assert!(r.report().0);
+        r.set("b", false);
+        let (open, deps) = r.report();
+        assert!(open, "the latch stays open");
+        assert!(!deps["b"]);
+    }
+
+    #[tokio::test]
+    async fn the_endpoints_answer_over_http() {
+        let mut registry = Registry::default();
+        let metrics = crate::metrics::Metrics::register(&mut registry);
+        metrics.frames.inc();
+        let readiness = Readiness::waiting_for(&["camera"]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = tokio::spawn(serve(listener, Arc::new(registry), readiness.clone(), stop.clone()));
+        let get = |path: &'static str| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream
+                .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.unwrap();
+            response
+        };
+        assert!(get("/health").await.starts_with("HTTP/1.1 200"));
+        assert!(get("/ready").await.starts_with("HTTP/1.1 503"));
+        readiness.set("camera", true);
+        assert!(get("/ready").await.starts_with("HTTP/1.1 200"));
+        assert!(get("/metrics").await.contains("facegate_frames_total 1"));
+        stop.store(true, Ordering::Relaxed);
+        server.await.unwrap();
+    }
+}

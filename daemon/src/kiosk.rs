@@ -1,0 +1,251 @@
+//! A kiosk: the decision engine over the gallery shard, with every decision
+//! written to the audit outbox before anything is actuated. Shared by
+//! `run` (camera, systemd, HTTP) and `replay` (files, as fast as possible).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use facegate_face::thresholds::OpenSetRule;
+use facegate_face::{FaceError, FacePipeline, InferenceError, Match, PipelineOptions, Template};
+use facegate_protocol::{AuditEvent, Decision, DeviceId, IdentityId, IdentityRecord};
+
+use crate::actuate::{Actuation, Actuators};
+use crate::config::{DaemonConfig, DecisionKind};
+use crate::engine::{DecisionRecord, Engine, EngineConfig, FrameTimings, GalleryLookup, ThresholdPolicy};
+use crate::metrics::{DecisionLabel, Metrics};
+use crate::source::Frame;
+use crate::store::{DeviceKey, GalleryModel, LiveShard, StoreConfig, StoreError};
+use crate::track::TrackerConfig;
+
+/// Why the kiosk could not start or go on.
+#[derive(Debug, thiserror::Error)]
+pub enum KioskError {
+    #[error("cannot load the models")]
+    Models(#[source] facegate_face::ModelError),
+    #[error("cannot open the gallery")]
+    Store(#[source] StoreError),
+    #[error("cannot create {path}")]
+    StateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the face pipeline failed")]
+    Inference(#[source] InferenceError),
+    #[error("cannot set up liveness")]
+    Liveness(#[source] crate::liveness::LivenessSetupError),
+    #[error("the manifest of {0} has no calibrated match threshold")]
+    NoThreshold(String),
+}
+
+impl GalleryLookup for LiveShard {
+    fn top_two(&self, probe: &Template) -> Result<Vec<Match<IdentityId>>, FaceError> {
+        self.read().gallery.search(probe, 2)
+    }
+    fn record(&self, id: &IdentityId) -> Option<IdentityRecord> {
+        self.read().identities.get(id).cloned()
+    }
+    fn identities(&self) -> usize {
+        self.read().gallery.identities()
+    }
+}
+
+/// A decision as recorded: the engine's record and its audit sequence
+/// number (`None` when the outbox write failed: nothing was actuated).
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub record: DecisionRecord,
+    pub audit_seq: Option<u64>,
+}
+
+/// Loads the face pipeline the configuration describes.
+pub fn load_pipeline(config: &DaemonConfig) -> Result<FacePipeline, KioskError> {
+    let m = &config.models;
+    let dir = m.dir.clone().unwrap_or_else(|| facegate_face::models::default_models_dir(None));
+    let options = PipelineOptions {
+        detector_id: m.detector.clone(),
+        embedder_id: m.embedder.clone(),
+        detector_precision: m.detector_precision,
+        embedder_precision: m.embedder_precision,
+        mirror: m.mirror,
+        detector: Some(facegate_face::DetectorOverrides {
+            score_threshold: m.detector_score,
+            max_side: m.detector_max_side,
+            min_side: None,
+        }),
+        quality: Some(config.quality),
+    };
+    FacePipeline::load(&dir, &options).map_err(KioskError::Models)
+}
+
+/// Opens the encrypted gallery shard for the pipeline's model, creating the
+/// database and its key on first use.
+pub fn open_shard(config: &DaemonConfig, pipeline: &FacePipeline) -> Result<LiveShard, KioskError> {
+    let key_path = config.gallery.key_path();
+    if let Some(parent) = key_path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|source| KioskError::StateDir { path: parent.to_path_buf(), source })?;
+    }
+    let (key, _created) = DeviceKey::load_or_generate(&key_path).map_err(KioskError::Store)?;
+    let model = GalleryModel { id: pipeline.model_id().to_owned(), dim: pipeline.embedder().dim() };
+    LiveShard::open(&StoreConfig::new(&config.gallery.db, model), key).map_err(KioskError::Store)
+}
+
+/// The engine settings from the configuration and the model's calibration.
+pub fn engine_config(config: &DaemonConfig, pipeline: &FacePipeline) -> Result<EngineConfig, KioskError> {
+    let d = &config.decision;
+    let shipped = pipeline.open_set_rule().ok_or_else(|| KioskError::NoThreshold(pipeline.model_id().to_owned()))?;
+    let margin = d.margin.unwrap_or(shipped.margin);
+    let policy = match d.target_fpir {
+        Some(fpir) => ThresholdPolicy::TargetFpir { fpir, margin },
+        None => ThresholdPolicy::Fixed(OpenSetRule { threshold: d.threshold.unwrap_or(shipped.threshold), margin }),
+    };
+    Ok(EngineConfig {
+        frames: d.frames,
+        window: Duration::from_millis(d.window_ms),
+        cooldown: Duration::from_millis(d.cooldown_ms),
+        tracker: TrackerConfig { min_iou: d.track_iou, timeout: Duration::from_millis(d.track_timeout_ms) },
+        policy,
+        liveness: crate::liveness::checker(config.liveness, config.models.liveness.as_deref())
+            .map_err(KioskError::Liveness)?,
+    })
+}
+
+/// Engine + shard + sinks for one camera.
+pub struct Kiosk {
+    device: DeviceId,
+    model_id: String,
+    engine: Engine,
+    shard: Arc<LiveShard>,
+    metrics: Option<Metrics>,
+    actuators: Option<Actuators>,
+}
+
+impl std::fmt::Debug for Kiosk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kiosk").field("device", &self.device).finish_non_exhaustive()
+    }
+}
+
+impl Kiosk {
+    pub fn new(
+        device: DeviceId,
+        pipeline: Arc<FacePipeline>,
+        shard: Arc<LiveShard>,
+        config: EngineConfig,
+        metrics: Option<Metrics>,
+        actuators: Option<Actuators>,
+    ) -> Self {
+        let model_id = pipeline.model_id().to_owned();
+        let engine = Engine::new(pipeline, shard.clone(), config);
+        Self { device, model_id, engine, shard, metrics, actuators }
+    }
+
+    pub fn shard(&self) -> &Arc<LiveShard> {
+        &self.shard
+    }
+
+    /// Runs one frame through the engine and records its decisions.
+    pub fn handle(&mut self, frame: &Frame) -> Result<Vec<Recorded>, KioskError> {
+        let outcome = self.engine.process(&frame.image, frame.timestamp).map_err(KioskError::Inference)?;
+        if let Some(metrics) = &self.metrics {
+            metrics.frames.inc();
+            observe(metrics, &outcome.timings);
+        }
+        Ok(outcome.decisions.into_iter().map(|d| self.record(d)).collect())
+    }
+
+    /// Decides what is still open (end of a replay, shutdown).
+    pub fn finish(&mut self, at: Duration) -> Result<Vec<Recorded>, KioskError> {
+        let decisions = self.engine.finish(at).map_err(KioskError::Inference)?;
+        Ok(decisions.into_iter().map(|d| self.record(d)).collect())
+    }
+
+    /// Writes the audit event durably, then (and only then) actuates.
+    fn record(&mut self, record: DecisionRecord) -> Recorded {
+        let event = AuditEvent {
+            device: self.device.clone(),
+            seq: 0,
+            at: unix_millis(),
+            decision: record.decision,
+            identity: record.identity.clone(),
+            score: record.score,
+            liveness: record.liveness,
+            liveness_score: record.liveness_score,
+            reason: Some(record.reason.clone()),
+            model_id: self.model_id.clone(),
+            frames: record.frames,
+            timings_ms: record.timings,
+        };
+        let audit_seq = match self.shard.store().append_audit(event) {
+            Ok(seq) => Some(seq),
+            Err(error) => {
+                log::error!(error:% = error, decision = record.decision.as_str(), track = record.track; "cannot write the audit event: the decision is not actuated");
+                if let Some(metrics) = &self.metrics {
+                    metrics.audit_write_failures.inc();
+                }
+                None
+            }
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics.decisions.get_or_create(&DecisionLabel { decision: record.decision.as_str() }).inc();
+            if record.decision == Decision::Spoof {
+                metrics.liveness_rejections.inc();
+            }
+            if let Ok(depth) = self.shard.store().outbox_depth() {
+                metrics.outbox_depth.set(depth as i64);
+            }
+        }
+        log::info!(
+            decision = record.decision.as_str(),
+            identity:? = record.identity.as_ref().map(IdentityId::as_str),
+            score:? = record.score,
+            track = record.track,
+            audit_seq:? = audit_seq,
+            reason = record.reason.as_str();
+            "door decision"
+        );
+        if let (Some(seq), Some(actuators)) = (audit_seq, &self.actuators) {
+            actuators.dispatch(&Actuation {
+                decision: kind(record.decision),
+                device: self.device.to_string(),
+                identity: record.identity.as_ref().map(ToString::to_string),
+                name: record.name.clone(),
+                score: record.score,
+                audit_seq: seq,
+            });
+        }
+        Recorded { record, audit_seq }
+    }
+
+    /// Lets queued actuations finish and flushes the store.
+    pub fn shutdown(self) {
+        if let Some(actuators) = self.actuators {
+            actuators.shutdown();
+        }
+    }
+}
+
+fn kind(decision: Decision) -> DecisionKind {
+    match decision {
+        Decision::Grant => DecisionKind::Grant,
+        Decision::Deny => DecisionKind::Deny,
+        Decision::Unknown => DecisionKind::Unknown,
+        Decision::Spoof => DecisionKind::Spoof,
+    }
+}
+
+fn observe(metrics: &Metrics, t: &FrameTimings) {
+    metrics.observe_stage("detect", t.detect_ms);
+    for (stage, ms) in
+        [("align", t.align_ms), ("liveness", t.liveness_ms), ("embed", t.embed_ms), ("match", t.match_ms)]
+    {
+        if ms > 0.0 {
+            metrics.observe_stage(stage, ms);
+        }
+    }
+}
+
+pub fn unix_millis() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

