@@ -1,13 +1,340 @@
-//! `facegate-sync-server`: the central server (admin API, enrollment,
-//! de-duplication, master index, MQTT sync). Its features land with the
-//! central-server issue; until then it only reports its version.
+//! `facegate-sync-server`: the central server and its administration commands.
 
-use clap::Parser;
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use facegate_sync_server::app::{self, AppError};
+use facegate_sync_server::auth::{self, Role};
+use facegate_sync_server::config::{Config, ConfigError, ProcessEnvironment};
+use facegate_sync_server::crypto::{PhotoCipher, hex, random_bytes};
+use facegate_sync_server::engine::Actor;
+use facegate_sync_server::readiness::Readiness;
+use facegate_sync_server::store::{UserDoc, now_millis};
+use facegate_sync_server::{api, devdb, exit, import, logging, server};
 
 #[derive(Debug, Parser)]
-#[command(name = "facegate-sync-server", version, about = "facegate central sync server")]
-struct Cli {}
+#[command(
+    name = "facegate-sync-server",
+    version,
+    about = "facegate central server: admin API, enrollment, de-duplication"
+)]
+struct Cli {
+    /// Configuration file (TOML); FACEGATE__SECTION__KEY variables override it.
+    #[arg(long, short, global = true, env = "FACEGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _ = Cli::parse();
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve,
+    /// Run on embedded defaults: a local MongoDB-protocol server (unless
+    /// FACEGATE_MONGODB_URI is set), a throwaway secret; prints {"url", "token"} once ready.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Check or print the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Manage administrators.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Enroll many people from a folder or a CSV file; prints a JSON summary.
+    Import {
+        /// A folder: sub-folders are people, loose images are people.
+        #[arg(long, conflicts_with = "csv", required_unless_present = "csv")]
+        dir: Option<PathBuf>,
+        /// A CSV with columns name, photo[, groups, key].
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// Groups every imported person joins (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Recorded as the actor in the admin trail.
+        #[arg(long, default_value = "import")]
+        actor: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Parse and check the configuration (exit 78 when it is bad).
+    Validate,
+    /// Print the compiled-in defaults as TOML.
+    Default,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create a user; the password is read from the first line of standard input.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "admin")]
+        role: Role,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(exit::USAGE),
+            };
+        }
+    };
+    logging::init();
+    // One TLS crypto provider for the process (MongoDB's rustls and ours): ring.
+    if rustls::crypto::ring::default_provider().install_default().is_err() {
+        log::debug!("a rustls crypto provider was already installed");
+    }
+    match cli.command {
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", Config::default_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Config(ConfigCommand::Validate) => match load_config(cli.config.as_ref()) {
+            Ok(config) => match auth::load_secret(&config.auth, &ProcessEnvironment) {
+                Ok(_) => {
+                    println!("configuration ok");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => config_failure(&e),
+            },
+            Err(e) => config_failure(&e),
+        },
+        command => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::from(exit::SOFTWARE);
+                }
+            };
+            let config_path = cli.config.clone();
+            match runtime.block_on(run(command, config_path)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(exit_code_of(&e))
+                }
+            }
+        }
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
+    Config::load(path.map(PathBuf::as_path), &ProcessEnvironment)
+}
+
+fn config_failure(e: &ConfigError) -> ExitCode {
+    eprintln!("error: bad configuration: {e}");
+    ExitCode::from(exit::CONFIG)
+}
+
+fn exit_code_of(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return exit::CONFIG;
+        }
+        if let Some(app) = cause.downcast_ref::<AppError>() {
+            return match app {
+                AppError::Config(_) | AppError::Threshold(_) => exit::CONFIG,
+                AppError::Models(_) | AppError::Store(_) => exit::UNAVAILABLE,
+                AppError::Index(_) | AppError::Crypto(_) | AppError::Threads(_) => exit::SOFTWARE,
+            };
+        }
+        if cause.downcast_ref::<devdb::DevDbError>().is_some() {
+            return exit::UNAVAILABLE;
+        }
+        if cause.downcast_ref::<import::ImportError>().is_some() {
+            return exit::NO_INPUT;
+        }
+    }
+    exit::SOFTWARE
+}
+
+async fn run(command: Command, config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve => serve(config_path).await,
+        Command::Demo { listen } => demo(listen).await,
+        Command::Admin(AdminCommand::Create { name, role }) => admin_create(config_path, name, role).await,
+        Command::Import { dir, csv, groups, actor } => bulk_import(config_path, dir, csv, groups, actor).await,
+        Command::Config(_) => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn photo_cipher(config: &Config) -> anyhow::Result<PhotoCipher> {
+    let path = config.storage.photo_key_file.as_ref().ok_or_else(|| ConfigError::Invalid {
+        key: "storage.photo-key-file",
+        message: "a photo key file is required (32 random bytes: head -c 32 /dev/urandom > photo.key)".into(),
+    })?;
+    PhotoCipher::from_file(path)
+        .map_err(|e| ConfigError::Invalid { key: "storage.photo-key-file", message: e.to_string() }.into())
+}
+
+async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path.as_ref())?;
+    let secret = auth::load_secret(&config.auth, &ProcessEnvironment)?;
+    let cipher = photo_cipher(&config)?;
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            server::tls_acceptor(cert, key)
+                .map_err(|e| ConfigError::Invalid { key: "server.tls-cert", message: e.to_string() })?,
+        ),
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let pipeline = load_pipeline(&config).await?;
+    let readiness = Readiness::new();
+    let app = app::start(&config, &secret, cipher, pipeline, readiness).await?;
+    log::info!(listen:% = config.server.listen, tls = tls.is_some(); "serving the admin API");
+    let router = api::router(app.state.clone());
+    server::run(listener, tls, router, server::termination(), Duration::from_secs(config.server.shutdown_grace_secs))
+        .await?;
+    app.stop().await;
+    log::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn load_pipeline(config: &Config) -> anyhow::Result<Arc<facegate_face::FacePipeline>> {
+    let config = config.clone();
+    Ok(tokio::task::spawn_blocking(move || app::load_pipeline(&config)).await??)
+}
+
+async fn demo(listen: SocketAddr) -> anyhow::Result<ExitCode> {
+    let mut config = load_config(None)?;
+    let _database = if std::env::var("FACEGATE_MONGODB_URI").is_ok_and(|u| !u.is_empty()) {
+        None
+    } else {
+        let db = tokio::task::spawn_blocking(|| devdb::DevDatabase::start(true)).await??;
+        config.mongodb.uri = db.uri();
+        Some(db)
+    };
+    config.mongodb.database = format!("facegate_demo_{}", hex(&random_bytes::<4>()?));
+    config.auth.token_ttl_secs = 8 * 3600;
+    let secret = hex(&random_bytes::<32>()?).into_bytes();
+    let cipher = PhotoCipher::ephemeral()?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr()?;
+    let pipeline = load_pipeline(&config).await?;
+    let readiness = Readiness::new();
+    let app = app::start(&config, &secret, cipher, pipeline, readiness.clone()).await?;
+    let password = hex(&random_bytes::<16>()?);
+    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password)).await??;
+    let user = UserDoc {
+        name: "admin".into(),
+        password_hash: hash,
+        role: "admin".into(),
+        created_at: now_millis(),
+        disabled: false,
+    };
+    app.store.create_user(&user).await?;
+    let (token, _) = app.state.keys.issue("admin", Role::Admin)?;
+    let router = api::router(app.state.clone());
+    let server = tokio::spawn(server::run(listener, None, router, server::termination(), Duration::from_secs(5)));
+    while !readiness.is_ready() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let line = serde_json::json!({ "url": format!("http://{local}"), "token": token });
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()?;
+    drop(stdout);
+    server.await??;
+    app.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn admin_create(config_path: Option<PathBuf>, name: String, role: Role) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path.as_ref())?;
+    facegate_protocol::DeviceId::new(name.clone())
+        .context("user names use the identifier alphabet (A-Z a-z 0-9 . _ -)")?;
+    eprintln!("password for {name} (one line on standard input, at least {} characters):", auth::MIN_PASSWORD_CHARS);
+    let mut password = String::new();
+    std::io::stdin().lock().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\r', '\n']).to_string();
+    let hash = match auth::hash_password(&password) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(exit::DATA));
+        }
+    };
+    let store = facegate_sync_server::store::Store::connect(
+        &config.mongodb.uri,
+        &config.mongodb.database,
+        2,
+        Duration::from_secs(config.mongodb.server_selection_timeout_secs),
+        None,
+    )
+    .await
+    .map_err(AppError::from)?;
+    store.init().await.map_err(AppError::from)?;
+    let user = UserDoc {
+        name: name.clone(),
+        password_hash: hash,
+        role: role.as_str().into(),
+        created_at: now_millis(),
+        disabled: false,
+    };
+    store.create_user(&user).await.map_err(AppError::from)?;
+    let record = facegate_sync_server::engine::action(
+        &Actor { name: "command-line".into(), role: Role::Admin },
+        "user.create",
+        Some(&name),
+        "ok",
+        mongodb::bson::doc! { "role": role.as_str() },
+    );
+    store.record_action(&record).await.map_err(AppError::from)?;
+    println!("created {role} {name}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bulk_import(
+    config_path: Option<PathBuf>,
+    dir: Option<PathBuf>,
+    csv: Option<PathBuf>,
+    groups: Vec<String>,
+    actor: String,
+) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path.as_ref())?;
+    let people = match (&dir, &csv) {
+        (Some(dir), _) => import::from_folder(dir, &groups)?,
+        (None, Some(csv)) => import::from_csv(csv, &groups)?,
+        (None, None) => return Ok(ExitCode::from(exit::USAGE)),
+    };
+    let secret = hex(&random_bytes::<32>()?).into_bytes();
+    let cipher = photo_cipher(&config)?;
+    let pipeline = load_pipeline(&config).await?;
+    let app = app::start(&config, &secret, cipher, pipeline, Readiness::new()).await?;
+    let actor = Actor { name: format!("import:{actor}"), role: Role::Admin };
+    let summary = import::run(&app.state.engine, &actor, people, &mut std::io::stderr()).await;
+    eprintln!(
+        "imported {} of {} people ({} refused) in {:.1} s, {:.2} photos/s",
+        summary.enrolled, summary.people, summary.refused, summary.seconds, summary.photos_per_second
+    );
+    for (reason, count) in &summary.reasons {
+        eprintln!("  refused, {reason}: {count}");
+    }
+    for o in summary.outcomes.iter().filter(|o| o.refused.is_some()) {
+        eprintln!("  {}: {}", o.name, o.refused.as_deref().unwrap_or_default());
+    }
+    println!("{}", serde_json::to_string(&summary)?);
+    app.stop().await;
+    Ok(ExitCode::SUCCESS)
 }
