@@ -23,7 +23,7 @@ use facegate_sync_server::auth::{Role, TokenKeys};
 use futures_util::TryStreamExt;
 use mongodb::bson::{Document, doc};
 
-const SECRET: &str = "crash-test-secret-0123456789-abcdefghijkl";
+const SECRET: &str = "7f3a9c1e5b8d2f4a6c0e9b7d3f1a5c8e2d4b6f0a9c7e";
 
 fn photos() -> Vec<PathBuf> {
     let mut photos: Vec<PathBuf> = ["obama", "biden", "einstein", "takeo"].iter().map(|n| fixture(n)).collect();
@@ -57,7 +57,11 @@ fn start_server(config: &std::path::Path, port: u16) -> Server {
         .expect("server starts");
     let url = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
+    let mut child = child;
     loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the server exited with {status} before it was ready");
+        }
         if let Ok(r) = ureq::get(&format!("{url}/ready")).call()
             && r.status() == 200
         {
