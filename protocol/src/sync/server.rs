@@ -270,9 +270,9 @@ impl ServerSync {
     }
 
     fn record_applied(&mut self, device: &DeviceId, shard: &ShardId, seq: u64, out: &mut Vec<ServerAction>) {
-        let known = self.applied.entry(device.clone()).or_default().entry(shard.clone()).or_insert(0);
-        if seq > *known || (seq == 0 && *known == 0) {
-            *known = seq;
+        let shards = self.applied.entry(device.clone()).or_default();
+        if shards.get(shard).is_none_or(|&known| seq > known) {
+            shards.insert(shard.clone(), seq);
             out.push(ServerAction::RecordApplied { device: device.clone(), shard: shard.clone(), seq });
         }
     }
@@ -298,9 +298,9 @@ impl ServerSync {
                 out.push(ServerAction::ReadSnapshot { device, shard, after_seq });
             }
             LogRead::Entries { head, entries } => {
-                self.reads.remove(&key);
-                let (device, shard) = key;
                 if head < after_seq {
+                    self.reads.remove(&key);
+                    let (device, shard) = key;
                     out.push(ServerAction::DeviceAhead { device, shard, device_seq: after_seq, head });
                     return;
                 }
@@ -313,6 +313,16 @@ impl ServerSync {
                         ok
                     })
                     .collect();
+                if contiguous.is_empty() && head > after_seq {
+                    // The log has moved on but does not start right after
+                    // the device: compacted, whatever the shell called it.
+                    self.reads.insert(key.clone(), now);
+                    let (device, shard) = key;
+                    out.push(ServerAction::ReadSnapshot { device, shard, after_seq });
+                    return;
+                }
+                self.reads.remove(&key);
+                let (device, shard) = key;
                 let last = contiguous.last().map_or(after_seq, |e| e.seq);
                 for batch in self.batches(&shard, after_seq, contiguous) {
                     if let Ok(publish) = self.down(now, &device, Down::Deltas(batch)) {

@@ -216,3 +216,30 @@ fn mutated_messages_never_panic_either_state_machine() {
         kiosk.handle((i * 1_000) as i64, DeviceInput::Tick);
     }
 }
+
+/// Seeds for the fuzz targets: `cargo test -p facegate-protocol --test it --
+/// --ignored write_fuzz_seeds` writes valid messages of every kind under
+/// `protocol/fuzz/seeds/{target}/`.
+#[test]
+#[ignore = "writes protocol/fuzz/seeds; run by hand when message types change"]
+fn write_fuzz_seeds() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let write = |target: &str, name: String, bytes: &[u8]| {
+        let dir = root.join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    };
+    let mut sync = Vec::new();
+    for (i, (kind, bytes, body)) in corpus().into_iter().enumerate() {
+        let target = format!("decode_{}", kind.as_str());
+        write(&target, format!("{i:02}"), &bytes);
+        let selector = Kind::ALL.iter().position(|k| *k == kind).unwrap() as u8;
+        write("decode_signed_body", format!("{i:02}"), &[&[selector][..], &body].concat());
+        // sync_machines: header (topic index in the high nibble, signed-body
+        // form in bit 7 is not used here: raw envelopes), payload, separator.
+        sync.push(selector << 4 | 1);
+        sync.extend_from_slice(&bytes);
+        sync.push(0xf0);
+    }
+    write("sync_machines", "all".into(), &sync);
+}

@@ -1,7 +1,7 @@
 use super::*;
 use crate::codec::{Kind, decode, encode_signed, seal_unchecked};
 use crate::ids::IdentityId;
-use crate::messages::{Decision, DeltaOp, IdentityRecord, LivenessVerdict, StageMillis};
+use crate::messages::{AuditBatch, Decision, DeltaOp, IdentityRecord, LivenessVerdict, StageMillis};
 use crate::signing::SigningKey;
 
 const T0: UnixMillis = 1_000_000;
@@ -524,4 +524,14 @@ fn future_batches_buffered_are_bounded() {
         out = m.handle(T0, DeviceInput::Applied { shard: lobby(), seq });
     }
     assert_eq!(applied, vec![(0, 2), (2, 3), (3, 4)]);
+}
+
+#[test]
+fn no_deadline_is_due_while_an_apply_is_in_flight() {
+    let mut m = current(4);
+    m.handle(T0, delta(6, 7).input());
+    m.handle(T0 + 1, down(Down::Deltas(batch(4, 6))).input());
+    // The store has not answered; the shell must not be woken in a loop.
+    let now = T0 + 5_000;
+    assert!(m.next_deadline().is_none_or(|d| d > now), "{:?}", m.next_deadline());
 }

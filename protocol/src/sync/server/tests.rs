@@ -127,6 +127,7 @@ fn nothing_new_is_answered_with_the_head_alone() {
 fn a_hole_in_what_was_read_stops_the_batches_before_it() {
     let mut s = server();
     let entries = vec![removal(5), removal(6), removal(8)];
+    // (A hole after some contiguous entries: those are sent, the head says more exists.)
     let out = read(&mut s, T0, 4, LogRead::Entries { head: 8, entries });
     let bodies = downs(&out);
     let [Down::Deltas(batch), Down::Head { seq: 8, .. }] = bodies.as_slice() else { panic!("{bodies:?}") };
@@ -302,4 +303,21 @@ fn log_entries_come_from_one_op_per_seq_batches_only() {
     let batch = DeltaBatch { shard: lobby(), base_seq: 4, seq: 6, ops: vec![removal(5).op, removal(6).op] };
     assert_eq!(LogEntry::from_batch(batch.clone()), Some(vec![removal(5), removal(6)]));
     assert_eq!(LogEntry::from_batch(DeltaBatch { seq: 9, ..batch }), None);
+}
+
+#[test]
+fn a_log_that_does_not_reach_back_is_treated_as_compacted() {
+    let mut s = server();
+    let out = read(&mut s, T0, 4, LogRead::Entries { head: 9, entries: vec![removal(8), removal(9)] });
+    assert_eq!(out, vec![ServerAction::ReadSnapshot { device: kiosk(), shard: lobby(), after_seq: 4 }]);
+    let out = read(&mut s, T0, 4, LogRead::Entries { head: 9, entries: vec![] });
+    assert_eq!(out, vec![ServerAction::ReadSnapshot { device: kiosk(), shard: lobby(), after_seq: 4 }]);
+}
+
+#[test]
+fn a_first_report_of_seq_zero_is_recorded_once() {
+    let mut s = server();
+    let applied = up(Up::Applied { shard: lobby(), seq: 0 });
+    assert_eq!(receive(&mut s, T0, &applied).len(), 1);
+    assert!(receive(&mut s, T0, &applied).is_empty());
 }
