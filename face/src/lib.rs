@@ -16,6 +16,7 @@ pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod geometry;
+pub mod liveness;
 pub mod manifest;
 pub mod matcher;
 pub mod models;

@@ -21,6 +21,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub enum ModelKind {
     Detector,
     Embedder,
+    /// Presentation-attack detection: face crop in, "live" probability out.
+    Liveness,
 }
 
 impl fmt::Display for ModelKind {
@@ -28,6 +30,7 @@ impl fmt::Display for ModelKind {
         f.write_str(match self {
             Self::Detector => "detector",
             Self::Embedder => "embedder",
+            Self::Liveness => "liveness model",
         })
     }
 }
@@ -43,6 +46,9 @@ pub enum ModelFamily {
     DlibChip,
     /// ArcFace-style embedder (112×112 chip, normalised input), one vector out.
     Arcface,
+    /// Liveness model fed a crop around the face box (see [`LivenessSpec`]),
+    /// class scores out.
+    PadCrop,
 }
 
 /// Numeric precision of one shipped file.
@@ -158,6 +164,32 @@ pub struct OutputSpec {
     pub dim: usize,
 }
 
+/// How a liveness model's input is cut and its output read.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LivenessSpec {
+    /// The crop is centred on the face box; its height is this many times the
+    /// box's longer side, its width follows the input's aspect ratio. Parts
+    /// outside the frame are black.
+    pub crop_scale: f32,
+    /// Index, in the flattened output, of the "live" class.
+    pub live_index: usize,
+    /// What turns the output into a probability.
+    pub activation: Activation,
+}
+
+/// The last step from raw model output to a probability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    /// Softmax over the whole output; the live class's share.
+    Softmax,
+    /// Logistic function of the live output alone.
+    Sigmoid,
+    /// The live output is already a probability.
+    None,
+}
+
 /// One point of the calibrated operating curve: the similarity threshold that
 /// gave `fmr` on the calibration set.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
@@ -212,6 +244,8 @@ pub struct Manifest {
     pub input: InputSpec,
     pub alignment: Option<AlignmentSpec>,
     pub output: Option<OutputSpec>,
+    /// Liveness models: crop and output reading.
+    pub liveness: Option<LivenessSpec>,
     #[serde(default)]
     pub thresholds: Thresholds,
     /// Directory the manifest was read from; file names resolve against it.
@@ -281,6 +315,21 @@ impl Manifest {
                         return Err("thresholds.curve must list FMR strictly descending, > 0".into());
                     }
                     last = point.fmr;
+                }
+            }
+            (ModelKind::Liveness, ModelFamily::PadCrop) => {
+                if self.input.width.unwrap_or(0) == 0 || self.input.height.unwrap_or(0) == 0 {
+                    return Err("a liveness model needs input.width and input.height".into());
+                }
+                let Some(spec) = &self.liveness else {
+                    return Err("a liveness model needs a [liveness] section".into());
+                };
+                if !(spec.crop_scale.is_finite() && spec.crop_scale > 0.0) {
+                    return Err("liveness.crop_scale must be a positive number".into());
+                }
+                match &self.output {
+                    Some(output) if output.dim > spec.live_index => {}
+                    _ => return Err("a liveness model needs [output] with dim > liveness.live_index".into()),
                 }
             }
             (kind, family) => {

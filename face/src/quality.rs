@@ -9,7 +9,7 @@ use crate::geometry::{Landmarks, Point};
 
 /// Limits of the quality gate.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct QualityConfig {
     /// Minimum distance between the eyes in image pixels.
     pub min_eye_distance: f32,
