@@ -80,6 +80,7 @@ struct Central {
     versions: BTreeMap<IdentityId, u64>,
     audit: BTreeMap<u64, AuditEvent>,
     duplicates: usize,
+    failed_stores: usize,
     fail_next_store: bool,
     applied: BTreeMap<ShardId, u64>,
     command_id: u64,
@@ -127,6 +128,8 @@ struct Kiosk {
     last_command_id: u64,
     fail_next_apply: bool,
     applies: usize,
+    snapshots: usize,
+    failed_applies: usize,
 }
 
 /// An owned device input (the machine's borrows a received payload).
@@ -331,6 +334,7 @@ impl World {
                     }
                     DeviceAction::ApplyDelta(batch) => {
                         if std::mem::take(&mut self.kiosk.fail_next_apply) {
+                            self.kiosk.failed_applies += 1;
                             inputs.push_back(Input::ApplyFailed { shard: batch.shard });
                             continue;
                         }
@@ -347,6 +351,7 @@ impl World {
                     }
                     DeviceAction::ApplySnapshot { shard, seq, entries } => {
                         if std::mem::take(&mut self.kiosk.fail_next_apply) {
+                            self.kiosk.failed_applies += 1;
                             inputs.push_back(Input::ApplyFailed { shard });
                             continue;
                         }
@@ -360,6 +365,7 @@ impl World {
                         assert_eq!(members, self.central.state_at(&shard, seq), "snapshot is not a central state");
                         self.kiosk.members.insert(shard.clone(), members);
                         self.kiosk.applies += 1;
+                        self.kiosk.snapshots += 1;
                         inputs.push_back(Input::Applied { shard, seq });
                     }
                     DeviceAction::LoadAudit { limit } => {
@@ -425,6 +431,7 @@ impl World {
                     }
                     ServerAction::StoreAudit { device, events, up_to_seq } => {
                         let input = if std::mem::take(&mut self.central.fail_next_store) {
+                            self.central.failed_stores += 1;
                             ServerInput::AuditStoreFailed { device, up_to_seq }
                         } else {
                             for event in events {
@@ -564,4 +571,36 @@ fn every_other_message_lost_still_converges() {
     }
     world.heal();
     world.check();
+}
+
+/// The random runs above are not vacuous: across a fixed sample of them,
+/// every hard path is taken.
+#[test]
+fn the_random_runs_take_every_hard_path() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    let mut runner = TestRunner::deterministic();
+    let strategy = proptest::collection::vec(step(), 100..250);
+    let (mut snapshots, mut duplicates, mut failed_applies, mut failed_stores, mut applies) = (0, 0, 0, 0, 0);
+    for _ in 0..40 {
+        let steps = strategy.new_tree(&mut runner).unwrap().current();
+        let mut world = World::new();
+        world.step(Step::Connect);
+        for step in steps {
+            world.step(step);
+        }
+        world.heal();
+        world.check();
+        snapshots += world.kiosk.snapshots;
+        applies += world.kiosk.applies;
+        failed_applies += world.kiosk.failed_applies;
+        duplicates += world.central.duplicates;
+        failed_stores += world.central.failed_stores;
+    }
+    assert!(
+        snapshots > 0 && duplicates > 0 && failed_applies > 0 && failed_stores > 0,
+        "{snapshots} {duplicates} {failed_applies} {failed_stores}"
+    );
+    assert!(applies > 40 * 5, "{applies}");
 }
