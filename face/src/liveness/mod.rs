@@ -26,6 +26,9 @@
 //!
 //! The cues need the frame, not the aligned chip: texture at native
 //! resolution, motion of what surrounds the face. All of it is pure Rust.
+//!
+//! [`eval`] measures the whole on labelled stills and clips ([`dataset`]):
+//! APCER per attack type and BPCER, as `facegate-daemon eval liveness` does.
 
 mod config;
 pub mod dataset;
