@@ -75,6 +75,8 @@ pub struct DaemonConfig {
     pub actuation: ActuationSection,
     #[serde(default)]
     pub http: HttpSection,
+    #[serde(default)]
+    pub sync: crate::sync::SyncSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

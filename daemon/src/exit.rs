@@ -18,3 +18,7 @@ pub const SOFTWARE: u8 = 70;
 pub const IO_ERROR: u8 = 74;
 /// Bad configuration; systemd must not restart us (`RestartPreventExitStatus=78`).
 pub const CONFIG: u8 = 78;
+/// The remote side answered something unusable.
+pub const PROTOCOL: u8 = 76;
+/// The remote side refused (a used or unknown provisioning token).
+pub const NO_PERMISSION: u8 = 77;

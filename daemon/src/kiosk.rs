@@ -119,6 +119,8 @@ pub struct Kiosk {
     shard: Arc<LiveShard>,
     metrics: Option<Metrics>,
     actuators: Option<Actuators>,
+    /// Told after every audit append (the sync shell drains the outbox).
+    outbox: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl std::fmt::Debug for Kiosk {
@@ -138,7 +140,13 @@ impl Kiosk {
     ) -> Self {
         let model_id = pipeline.model_id().to_owned();
         let engine = Engine::new(pipeline, shard.clone(), config);
-        Self { device, model_id, engine, shard, metrics, actuators }
+        Self { device, model_id, engine, shard, metrics, actuators, outbox: None }
+    }
+
+    /// Notifies `outbox` after every audit append.
+    pub fn with_outbox_notify(mut self, outbox: Arc<tokio::sync::Notify>) -> Self {
+        self.outbox = Some(outbox);
+        self
     }
 
     pub fn shard(&self) -> &Arc<LiveShard> {
@@ -178,7 +186,12 @@ impl Kiosk {
             timings_ms: record.timings,
         };
         let audit_seq = match self.shard.store().append_audit(event) {
-            Ok(seq) => Some(seq),
+            Ok(seq) => {
+                if let Some(outbox) = &self.outbox {
+                    outbox.notify_one();
+                }
+                Some(seq)
+            }
             Err(error) => {
                 log::error!(error:% = error, decision = record.decision.as_str(), track = record.track; "cannot write the audit event: the decision is not actuated");
                 if let Some(metrics) = &self.metrics {

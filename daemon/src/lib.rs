@@ -16,4 +16,5 @@ pub mod runtime;
 pub mod service;
 pub mod source;
 pub mod store;
+pub mod sync;
 pub mod track;

@@ -48,6 +48,24 @@ enum Command {
     /// The kiosk's gallery database: standalone enrollment and inspection.
     #[command(subcommand)]
     Gallery(facegate_daemon::store::cli::GalleryCommand),
+    /// Provision this kiosk for sync: trade the one-time token from the
+    /// server's `POST /v1/devices` for a client certificate (the key is made
+    /// here and never leaves the device), the broker, the signing keys and
+    /// the shards. Then set `[sync] dir` to DIR in the configuration.
+    Provision {
+        /// The sync server's base URL (https://…; http:// only on loopback demos).
+        #[arg(long)]
+        server: String,
+        /// The one-time provisioning token.
+        #[arg(long, env = "FACEGATE_PROVISIONING_TOKEN")]
+        token: String,
+        /// Where to keep the certificate, key and provisioning answer.
+        #[arg(long, default_value = "/var/lib/facegate/sync")]
+        dir: PathBuf,
+        /// PEM of the CA to trust for an https server.
+        #[arg(long)]
+        server_ca: Option<PathBuf>,
+    },
     /// Run the kiosk service (under systemd: Type=notify, watchdog, journald).
     Run {
         /// The daemon configuration (TOML).
@@ -307,6 +325,7 @@ fn run_status(error: &RunError) -> u8 {
         RunError::Kiosk(KioskError::Inference(_)) => exit::SOFTWARE,
         RunError::Source(SourceError::Unsupported { .. } | SourceError::Open { .. }) => exit::NO_INPUT,
         RunError::Source(_) => exit::DATA,
+        RunError::Sync(_) => exit::CONFIG,
         RunError::Http { .. } | RunError::Runtime(_) => exit::OS,
     }
 }
@@ -389,6 +408,27 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let parsed = load_config(&config)?;
             println!("{}: ok (device {}, source: {})", config.display(), parsed.device.id, parsed.source.describe());
             Ok(())
+        }
+        Command::Provision { server, token, dir, server_ca } => {
+            use facegate_daemon::sync::ProvisionError as P;
+            let provisioned =
+                facegate_daemon::sync::provision(&server, &token, &dir, server_ca.as_deref()).map_err(|e| {
+                    let status = match &e {
+                        P::AlreadyProvisioned(_) => exit::CANT_CREATE,
+                        P::Refused { .. } => exit::NO_PERMISSION,
+                        P::Http(_) => exit::UNAVAILABLE,
+                        P::Answer(_) => exit::PROTOCOL,
+                        P::Io { .. } | P::Csr(_) => exit::IO_ERROR,
+                        P::NotProvisioned(_) | P::KeyPermissions { .. } => exit::CONFIG,
+                    };
+                    Failure { status, error: e.into() }
+                })?;
+            print_json(&serde_json::json!({
+                "device_id": provisioned.device_id,
+                "broker": provisioned.mqtt,
+                "shards": provisioned.shards,
+                "dir": dir,
+            }))
         }
         Command::Config(ConfigCommand::Default) => {
             print!("{}", config::DEFAULT_CONFIG);

@@ -22,6 +22,8 @@ pub const SOURCE_UP: &str = "facegate_source_up";
 pub const SOURCE_RECONNECTS: &str = "facegate_source_reconnects";
 pub const SINK_FAILURES: &str = "facegate_sink_failures";
 pub const SINK_DROPPED: &str = "facegate_sink_dropped";
+pub const SYNC_CONNECTED: &str = "facegate_sync_connected";
+pub const SYNC_REJECTED: &str = "facegate_sync_rejected";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
@@ -31,6 +33,11 @@ pub struct StageLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabel {
     pub decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,6 +67,8 @@ pub struct Metrics {
     pub source_reconnects: Gauge,
     pub sink_failures: Family<SinkLabel, Gauge>,
     pub sink_dropped: Family<SinkLabel, Gauge>,
+    pub sync_connected: Gauge,
+    pub sync_rejected: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -80,6 +89,8 @@ impl Metrics {
             source_reconnects: Gauge::default(),
             sink_failures: Family::default(),
             sink_dropped: Family::default(),
+            sync_connected: Gauge::default(),
+            sync_rejected: Family::default(),
         };
         registry.register(STAGE_LATENCY, "Time spent per pipeline stage and frame", m.stage_latency.clone());
         registry.register(DECISIONS, "Door decisions by outcome", m.decisions.clone());
@@ -103,6 +114,8 @@ impl Metrics {
         registry.register(SOURCE_RECONNECTS, "Times the frame source was reopened", m.source_reconnects.clone());
         registry.register(SINK_FAILURES, "Actuations that failed, per sink", m.sink_failures.clone());
         registry.register(SINK_DROPPED, "Actuations dropped because a sink was busy", m.sink_dropped.clone());
+        registry.register(SYNC_CONNECTED, "1 while the MQTT sync session is up", m.sync_connected.clone());
+        registry.register(SYNC_REJECTED, "Sync messages refused, by reason", m.sync_rejected.clone());
         m
     }
 

@@ -32,6 +32,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start sync")]
+    Sync(#[source] crate::sync::SyncError),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
 }
@@ -128,8 +130,35 @@ pub fn run(config: &DaemonConfig, shutdown: Arc<AtomicBool>) -> Result<(), RunEr
     let engine = kiosk::engine_config(config, &pipeline)?;
     let actuators = Actuators::start(&config.actuation.sinks);
     let sink_counters = actuators.counters();
+    let model_id = pipeline.model_id().to_owned();
     let mut kiosk =
         Kiosk::new(device_id(config), pipeline, shard.clone(), engine, Some(metrics.clone()), Some(actuators));
+    if let Some(dir) = &config.sync.dir {
+        let outbox = Arc::new(tokio::sync::Notify::new());
+        kiosk = kiosk.with_outbox_notify(outbox.clone());
+        let context = crate::sync::shell::SyncContext {
+            dir: dir.clone(),
+            shard: shard.clone(),
+            key_path: config.gallery.key_path(),
+            model_id,
+            outbox,
+            metrics: Some(metrics.clone()),
+            shutdown: shutdown.clone(),
+            connected: Arc::default(),
+            config: Default::default(),
+        };
+        // Fail at start on an unusable provisioning directory, not later.
+        crate::sync::Provisioned::load(dir).map_err(|e| RunError::Sync(e.into()))?;
+        let sync_shutdown = shutdown.clone();
+        runtime.spawn(async move {
+            if let Err(error) = crate::sync::shell::run(context).await {
+                log::error!(error:% = error; "sync stopped; the kiosk keeps deciding offline");
+            }
+            drop(sync_shutdown);
+        });
+    } else {
+        log::info!("no [sync] dir configured: standalone kiosk");
+    }
 
     let (frames, source_health) = start_capture(config, shutdown.clone(), metrics.clone())?;
     let watchdog_health = source_health.clone();

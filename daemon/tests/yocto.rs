@@ -44,12 +44,14 @@ fn every_file_the_recipe_installs_from_the_tree_exists() {
     assert!(checked >= 8, "only {checked} paths found in the recipe");
 }
 
+/// One locked package: version, checksum (registry packages), dependencies.
+type Locked<'a> = (&'a str, Option<&'a str>, Vec<&'a str>);
+
 #[test]
 fn the_crates_include_covers_the_daemons_locked_dependencies() {
     let lock: toml::Table = toml::from_str(&std::fs::read_to_string(root().join("Cargo.lock")).unwrap()).unwrap();
     let packages = lock["package"].as_array().unwrap();
-    // name -> [(version, checksum, dependencies)]
-    let mut by_name: BTreeMap<&str, Vec<(&str, Option<&str>, Vec<&str>)>> = BTreeMap::new();
+    let mut by_name: BTreeMap<&str, Vec<Locked<'_>>> = BTreeMap::new();
     for p in packages {
         let deps = p
             .get("dependencies")

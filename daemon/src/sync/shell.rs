@@ -1,0 +1,429 @@
+//! The MQTT shell around the protocol's [`DeviceSync`] machine: one tokio
+//! task drives the machine, carries out its actions against the sled store
+//! (on blocking threads) and hands publications to rumqttc; a second task
+//! polls rumqttc's event loop (which reconnects by itself) and forwards what
+//! arrives. The machine decides; this file only does I/O.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use facegate_protocol::sync::Publish;
+use facegate_protocol::sync::device::{DeviceAction, DeviceConfig, DeviceInput, DeviceState, DeviceSync, StatusInfo};
+use facegate_protocol::{Command, DeltaBatch, ShardId, ShardProgress, SnapshotEntry};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use tokio::sync::{Notify, mpsc};
+
+use super::SyncError;
+use super::provision::{CA, DEVICE_CERT, DEVICE_KEY, Provisioned};
+use crate::kiosk::unix_millis;
+use crate::metrics::Metrics;
+use crate::store::{DeltaOutcome, DeviceKey, GalleryStore, LiveShard, SnapshotOutcome, StoreError};
+
+/// File in the sync directory holding the id of the last command executed.
+const LAST_COMMAND: &str = "last-command";
+/// Written when the server wiped this device: it never syncs again until
+/// provisioned anew.
+const WIPED: &str = "wiped";
+
+/// Everything the shell needs.
+pub struct SyncContext {
+    pub dir: PathBuf,
+    pub shard: Arc<LiveShard>,
+    /// The device key file (rotated by the `rotate_key` command).
+    pub key_path: PathBuf,
+    pub model_id: String,
+    /// Notified after every audit append.
+    pub outbox: Arc<Notify>,
+    pub metrics: Option<Metrics>,
+    pub shutdown: Arc<AtomicBool>,
+    /// Set while the MQTT session is up (readiness reports it).
+    pub connected: Arc<AtomicBool>,
+    pub config: DeviceConfig,
+}
+
+impl std::fmt::Debug for SyncContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncContext").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, SyncError> {
+    std::fs::read(path).map_err(|source| SyncError::Io { path: path.to_path_buf(), source })
+}
+
+/// The rustls client configuration: trust only the provisioned CA, present
+/// the device certificate.
+fn tls_config(dir: &Path) -> Result<rustls::ClientConfig, SyncError> {
+    let tls = |m: String| SyncError::Tls(m);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_certs(&read_file(&dir.join(CA))?)? {
+        roots.add(cert).map_err(|e| tls(format!("ca.pem: {e}")))?;
+    }
+    let chain = rustls_pki_certs(&read_file(&dir.join(DEVICE_CERT))?)?;
+    let key_pem = read_file(&dir.join(DEVICE_KEY))?;
+    use rustls::pki_types::pem::PemObject;
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| tls(format!("device.key: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| tls(format!("device certificate: {e}")))
+}
+
+fn rustls_pki_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, SyncError> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| SyncError::Tls(format!("certificate PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(SyncError::Tls("no certificate in PEM".into()));
+    }
+    Ok(certs)
+}
+
+fn read_last_command(dir: &Path) -> Result<u64, SyncError> {
+    let path = dir.join(LAST_COMMAND);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map_err(|_| SyncError::Corrupt(format!("{}: not a number", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(source) => Err(SyncError::Io { path, source }),
+    }
+}
+
+fn write_last_command(dir: &Path, id: u64) -> Result<(), SyncError> {
+    use std::io::Write;
+    let path = dir.join(LAST_COMMAND);
+    let temporary = dir.join(format!("{LAST_COMMAND}.tmp"));
+    let io = |source| SyncError::Io { path: path.clone(), source };
+    let mut file = std::fs::File::create(&temporary).map_err(io)?;
+    writeln!(file, "{id}").map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&temporary, &path).map_err(io)
+}
+
+fn qos1() -> QoS {
+    QoS::AtLeastOnce
+}
+
+/// What the event-loop task forwards.
+enum Incoming {
+    Connected,
+    Disconnected(String),
+    Message { topic: String, payload: Vec<u8> },
+}
+
+/// Polls rumqttc until shutdown; rumqttc reconnects on the next poll after
+/// an error, with our backoff in between.
+async fn pump(mut events: EventLoop, forward: mpsc::Sender<Incoming>, shutdown: Arc<AtomicBool>) {
+    let mut backoff = Duration::from_millis(500);
+    while !shutdown.load(Ordering::Relaxed) {
+        let incoming = match events.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_millis(500);
+                Incoming::Connected
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                Incoming::Message { topic: p.topic.clone(), payload: p.payload.to_vec() }
+            }
+            Ok(_) => continue,
+            Err(error) => {
+                let message = error.to_string();
+                if forward.send(Incoming::Disconnected(message)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        if forward.send(incoming).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs sync until `shutdown`. Errors only on setup (unprovisioned,
+/// unreadable certificates); a lost broker is retried forever.
+pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
+    let provisioned = Provisioned::load(&ctx.dir)?;
+    if ctx.dir.join(WIPED).exists() {
+        log::warn!(dir:% = ctx.dir.display(); "this device was wiped by the server: sync stays off until it is provisioned again");
+        return Ok(());
+    }
+    let (device, shards, keys) = provisioned.check()?;
+    let store = Arc::clone(&ctx.shard);
+    let progress = blocking(move || store.shards()).await?;
+    let state = DeviceState {
+        shards: shards
+            .iter()
+            .map(|shard| ShardProgress {
+                shard: shard.clone(),
+                seq: progress.iter().find(|p| &p.shard == shard).map_or(0, |p| p.seq),
+            })
+            .collect(),
+        last_command_id: read_last_command(&ctx.dir)?,
+        outbox_depth: {
+            let store = Arc::clone(&ctx.shard);
+            blocking(move || store.outbox_depth()).await?
+        },
+    };
+    let status = StatusInfo {
+        model_id: Some(ctx.model_id.clone()),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        health: "ok".into(),
+    };
+    let mut machine = DeviceSync::new(device.clone(), keys, ctx.config.clone(), state, status, unix_millis());
+
+    let mut options = MqttOptions::new(device.as_str(), provisioned.mqtt.host.clone(), provisioned.mqtt.port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_clean_session(false);
+    options.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+    if let Some(will) = machine.last_will(unix_millis()) {
+        options.set_last_will(LastWill::new(will.topic, will.payload, qos1(), will.retain));
+    }
+    if provisioned.mqtt.tls {
+        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls_config(&ctx.dir)?))));
+    } else {
+        log::warn!("sync without TLS: only for a demo on loopback");
+    }
+    let (client, events) = AsyncClient::new(options, 256);
+    let (forward, mut incoming) = mpsc::channel(256);
+    tokio::spawn(pump(events, forward, Arc::clone(&ctx.shutdown)));
+    log::info!(device = device.as_str(), broker = format!("{}:{}", provisioned.mqtt.host, provisioned.mqtt.port).as_str(); "sync starting");
+
+    let mut pending: VecDeque<DeviceAction> = VecDeque::new();
+    let mut last_depth = u64::MAX;
+    let mut poll_shutdown = tokio::time::interval(Duration::from_millis(250));
+    while !ctx.shutdown.load(Ordering::Relaxed) {
+        let deadline = machine.next_deadline().map(|at| {
+            let wait = u64::try_from(at.saturating_sub(unix_millis())).unwrap_or(0);
+            tokio::time::Instant::now() + Duration::from_millis(wait)
+        });
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let now = unix_millis();
+        let actions = tokio::select! {
+            message = incoming.recv() => match message {
+                None => break,
+                Some(Incoming::Connected) => {
+                    ctx.connected.store(true, Ordering::Relaxed);
+                    if let Some(m) = &ctx.metrics {
+                        m.sync_connected.set(1);
+                    }
+                    for topic in machine.subscriptions() {
+                        if let Err(error) = client.subscribe(topic.clone(), qos1()).await {
+                            log::error!(topic = topic.as_str(), error:% = error; "cannot subscribe");
+                        }
+                    }
+                    log::info!("sync connected");
+                    machine.handle(now, DeviceInput::Connected)
+                }
+                Some(Incoming::Disconnected(reason)) => {
+                    if let Some(m) = &ctx.metrics {
+                        m.sync_connected.set(0);
+                    }
+                    if ctx.connected.swap(false, Ordering::Relaxed) {
+                        log::warn!(reason = reason.as_str(); "sync disconnected; retrying");
+                    } else {
+                        log::debug!(reason = reason.as_str(); "broker still unreachable");
+                    }
+                    machine.handle(now, DeviceInput::Disconnected)
+                }
+                Some(Incoming::Message { topic, payload }) => {
+                    machine.handle(now, DeviceInput::Received { topic: &topic, payload: &payload })
+                }
+            },
+            () = ctx.outbox.notified() => {
+                let store = Arc::clone(&ctx.shard);
+                let depth = blocking(move || store.outbox_depth()).await?;
+                if depth == last_depth { Vec::new() } else {
+                    last_depth = depth;
+                    machine.handle(now, DeviceInput::OutboxChanged { depth })
+                }
+            }
+            () = sleep => machine.handle(now, DeviceInput::Tick),
+            _ = poll_shutdown.tick() => Vec::new(),
+        };
+        pending.extend(actions);
+        while let Some(action) = pending.pop_front() {
+            if let Some(input) = execute(&ctx, &client, action).await? {
+                pending.extend(machine.handle(unix_millis(), input.as_input()));
+            }
+        }
+        if machine.is_wiped() {
+            log::warn!("wiped by command: sync stops; decommission this device");
+            break;
+        }
+    }
+    ctx.connected.store(false, Ordering::Relaxed);
+    let _ = client.disconnect().await;
+    Ok(())
+}
+
+/// An owned [`DeviceInput`] produced by an action.
+enum Report {
+    Applied { shard: ShardId, seq: u64 },
+    Refused { shard: ShardId, local_seq: u64 },
+    Failed { shard: ShardId },
+    AuditLoaded(Vec<facegate_protocol::AuditEvent>),
+    OutboxChanged(u64),
+}
+
+impl Report {
+    fn as_input(&self) -> DeviceInput<'static> {
+        match self {
+            Self::Applied { shard, seq } => DeviceInput::Applied { shard: shard.clone(), seq: *seq },
+            Self::Refused { shard, local_seq } => {
+                DeviceInput::ApplyRefused { shard: shard.clone(), local_seq: *local_seq }
+            }
+            Self::Failed { shard } => DeviceInput::ApplyFailed { shard: shard.clone() },
+            Self::AuditLoaded(events) => DeviceInput::AuditLoaded { events: events.clone() },
+            Self::OutboxChanged(depth) => DeviceInput::OutboxChanged { depth: *depth },
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, SyncError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| SyncError::Task(e.to_string()))?.map_err(SyncError::Store)
+}
+
+async fn publish(client: &AsyncClient, publish: Publish) {
+    if let Err(error) = client.publish(publish.topic.clone(), qos1(), publish.retain, publish.payload).await {
+        // Only when the request queue is closed (shutting down); the machine
+        // retransmits what matters (audit, resync requests).
+        log::warn!(topic = publish.topic.as_str(), error:% = error; "publish not queued");
+    }
+}
+
+async fn execute(ctx: &SyncContext, client: &AsyncClient, action: DeviceAction) -> Result<Option<Report>, SyncError> {
+    Ok(match action {
+        DeviceAction::Publish(p) => {
+            publish(client, p).await;
+            None
+        }
+        DeviceAction::ApplyDelta(batch) => Some(apply_delta(ctx, batch).await),
+        DeviceAction::ApplySnapshot { shard, seq, entries } => Some(apply_snapshot(ctx, shard, seq, entries).await),
+        DeviceAction::LoadAudit { limit } => {
+            let store = Arc::clone(&ctx.shard);
+            Some(Report::AuditLoaded(blocking(move || store.pending_audit(limit)).await?))
+        }
+        DeviceAction::AckAudit { up_to_seq } => {
+            let store = Arc::clone(&ctx.shard);
+            let depth = blocking(move || {
+                store.ack_audit(up_to_seq)?;
+                store.outbox_depth()
+            })
+            .await?;
+            if let Some(m) = &ctx.metrics {
+                m.outbox_depth.set(depth as i64);
+            }
+            Some(Report::OutboxChanged(depth))
+        }
+        DeviceAction::Execute { id, command } => {
+            write_last_command(&ctx.dir, id)?;
+            run_command(ctx, command).await?;
+            None
+        }
+        DeviceAction::Rejected { topic, reason } => {
+            log::warn!(topic = topic.as_str(), reason:% = reason; "sync message rejected");
+            if let Some(m) = &ctx.metrics {
+                m.sync_rejected.get_or_create(&crate::metrics::ReasonLabel { reason: reason.label().to_owned() }).inc();
+            }
+            None
+        }
+    })
+}
+
+async fn apply_delta(ctx: &SyncContext, batch: DeltaBatch) -> Report {
+    let shard = batch.shard.clone();
+    let store = Arc::clone(&ctx.shard);
+    match blocking(move || store.apply_delta(&batch)).await {
+        Ok(DeltaOutcome::Applied(report)) => {
+            log::info!(shard = shard.as_str(), seq = report.seq, upserted = report.upserted, removed = report.removed; "delta applied");
+            update_gallery_metrics(ctx);
+            Report::Applied { shard, seq: report.seq }
+        }
+        Ok(DeltaOutcome::AlreadyApplied { local_seq }) => Report::Applied { shard, seq: local_seq },
+        Ok(DeltaOutcome::Resync { local_seq }) => Report::Refused { shard, local_seq },
+        Err(error) => {
+            log::error!(shard = shard.as_str(), error:% = error; "applying a delta failed");
+            Report::Failed { shard }
+        }
+    }
+}
+
+async fn apply_snapshot(ctx: &SyncContext, shard: ShardId, seq: u64, entries: Vec<SnapshotEntry>) -> Report {
+    let store = Arc::clone(&ctx.shard);
+    let target = shard.clone();
+    match blocking(move || store.apply_snapshot(&target, seq, &entries)).await {
+        Ok(SnapshotOutcome::Applied(report)) => {
+            log::info!(shard = shard.as_str(), seq = report.seq, identities = report.upserted; "snapshot applied");
+            update_gallery_metrics(ctx);
+            Report::Applied { shard, seq: report.seq }
+        }
+        Ok(SnapshotOutcome::Stale { local_seq }) => Report::Refused { shard, local_seq },
+        Err(error) => {
+            log::error!(shard = shard.as_str(), error:% = error; "applying a snapshot failed");
+            Report::Failed { shard }
+        }
+    }
+}
+
+fn update_gallery_metrics(ctx: &SyncContext) {
+    if let Some(m) = &ctx.metrics {
+        let view = ctx.shard.read();
+        m.gallery_identities.set(view.identities.len() as i64);
+        m.gallery_templates.set(view.gallery.len() as i64);
+    }
+}
+
+async fn run_command(ctx: &SyncContext, command: Command) -> Result<(), SyncError> {
+    match command {
+        Command::Resync => log::info!("resync ordered by the server"),
+        Command::Wipe => {
+            log::warn!("wipe ordered by the server: emptying every synced shard");
+            let marker = ctx.dir.join(WIPED);
+            std::fs::write(&marker, b"wiped by the server\n")
+                .map_err(|source| SyncError::Io { path: marker, source })?;
+            let store = Arc::clone(&ctx.shard);
+            blocking(move || {
+                for progress in store.shards()? {
+                    if progress.shard.as_str() != crate::store::LOCAL_SHARD {
+                        store.apply_snapshot(&progress.shard, progress.seq, &[])?;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+            update_gallery_metrics(ctx);
+        }
+        Command::RotateKey => {
+            let store = Arc::clone(&ctx.shard);
+            let key_path = ctx.key_path.clone();
+            blocking(move || {
+                let fresh = key_path.with_extension("new");
+                let _ = std::fs::remove_file(&fresh);
+                let key = DeviceKey::generate(&fresh)?;
+                store.store().rotate_key(key)?;
+                std::fs::rename(&fresh, &key_path)
+                    .map_err(|source| StoreError::KeyCreate { path: key_path.clone(), source })?;
+                log::info!("device key rotated");
+                Ok(())
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
