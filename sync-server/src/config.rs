@@ -75,6 +75,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub enrollment: EnrollmentConfig,
     pub index: IndexConfig,
+    /// MQTT sync, provisioning and the embedded broker.
+    pub sync: crate::sync::SyncConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -370,6 +372,7 @@ impl Config {
         if self.index.follow_interval_ms < 10 {
             return invalid("index.follow-interval-ms", "must be at least 10");
         }
+        self.sync.check()?;
         Ok(())
     }
 

@@ -26,3 +26,4 @@ pub mod metrics;
 pub mod readiness;
 pub mod server;
 pub mod store;
+pub mod sync;

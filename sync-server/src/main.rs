@@ -16,7 +16,7 @@ use facegate_sync_server::crypto::{PhotoCipher, hex, random_bytes};
 use facegate_sync_server::engine::Actor;
 use facegate_sync_server::readiness::Readiness;
 use facegate_sync_server::store::{UserDoc, now_millis};
-use facegate_sync_server::{api, devdb, exit, import, logging, server};
+use facegate_sync_server::{api, devdb, exit, import, logging, server, sync};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +41,9 @@ enum Command {
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Port of the embedded MQTT broker (TLS, loopback); 0: no sync.
+        #[arg(long, default_value_t = 8883)]
+        mqtt_port: u16,
     },
     /// Check or print the configuration.
     #[command(subcommand)]
@@ -169,7 +172,7 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
 async fn run(command: Command, config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve => serve(config_path).await,
-        Command::Demo { listen } => demo(listen).await,
+        Command::Demo { listen, mqtt_port } => demo(listen, mqtt_port).await,
         Command::Admin(AdminCommand::Create { name, role }) => admin_create(config_path, name, role).await,
         Command::Import { dir, csv, groups, actor } => bulk_import(config_path, dir, csv, groups, actor).await,
         Command::Config(_) => Ok(ExitCode::SUCCESS),
@@ -202,13 +205,31 @@ async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let pipeline = load_pipeline(&config).await?;
     let readiness = Readiness::new();
     let app = app::start(&config, &secret, cipher, pipeline, readiness).await?;
+    let sync = start_sync(&config, &app).await?;
     log::info!(listen:% = config.server.listen, tls = tls.is_some(); "serving the admin API");
-    let router = api::router(app.state.clone());
+    let mut router = api::router(app.state.clone());
+    if let Some(sync) = &sync {
+        router = router.layer(axum::Extension(Arc::clone(&sync.provisioner)));
+    }
     server::run(listener, tls, router, server::termination(), Duration::from_secs(config.server.shutdown_grace_secs))
         .await?;
+    if let Some(sync) = sync {
+        sync.service.stop().await;
+    }
     app.stop().await;
     log::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The MQTT sync side (PKI, embedded broker, sync service), when enabled.
+async fn start_sync(config: &Config, app: &app::App) -> anyhow::Result<Option<sync::SyncRuntime>> {
+    if !config.sync.enabled {
+        return Ok(None);
+    }
+    let runtime = sync::start(&config.sync, app.store.clone(), &app.state.readiness).await?;
+    log::info!(broker = config.sync.broker_host.as_str(), port = config.sync.broker_port,
+        state_dir:% = config.sync.state_dir.display(); "MQTT sync enabled");
+    Ok(Some(runtime))
 }
 
 async fn load_pipeline(config: &Config) -> anyhow::Result<Arc<facegate_face::FacePipeline>> {
@@ -216,7 +237,7 @@ async fn load_pipeline(config: &Config) -> anyhow::Result<Arc<facegate_face::Fac
     Ok(tokio::task::spawn_blocking(move || app::load_pipeline(&config)).await??)
 }
 
-async fn demo(listen: SocketAddr) -> anyhow::Result<ExitCode> {
+async fn demo(listen: SocketAddr, mqtt_port: u16) -> anyhow::Result<ExitCode> {
     let mut config = load_config(None)?;
     let _database = if std::env::var("FACEGATE_MONGODB_URI").is_ok_and(|u| !u.is_empty()) {
         None
@@ -245,17 +266,41 @@ async fn demo(listen: SocketAddr) -> anyhow::Result<ExitCode> {
     };
     app.store.create_user(&user).await?;
     let (token, _) = app.state.keys.issue("admin", Role::Admin)?;
-    let router = api::router(app.state.clone());
+    let mut router = api::router(app.state.clone());
+    let mut sync_runtime = None;
+    if mqtt_port != 0 {
+        config.sync.enabled = true;
+        config.sync.state_dir = std::env::temp_dir().join(format!("facegate-demo-sync-{}", hex(&random_bytes::<4>()?)));
+        config.sync.embedded_listen = SocketAddr::from(([127, 0, 0, 1], mqtt_port));
+        config.sync.broker_port = mqtt_port;
+        match start_sync(&config, &app).await {
+            Ok(runtime) => sync_runtime = runtime,
+            Err(e) => log::warn!(error:% = e; "MQTT sync not started; the demo runs without it"),
+        }
+    }
+    if let Some(sync) = &sync_runtime {
+        router = router.layer(axum::Extension(Arc::clone(&sync.provisioner)));
+    }
     let server = tokio::spawn(server::run(listener, None, router, server::termination(), Duration::from_secs(5)));
     while !readiness.is_ready() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let line = serde_json::json!({ "url": format!("http://{local}"), "token": token });
+    let mut line = serde_json::json!({ "url": format!("http://{local}"), "token": token });
+    if let Some(sync) = &sync_runtime {
+        line["mqtt"] = serde_json::json!({
+            "host": config.sync.broker_host,
+            "port": config.sync.broker_port,
+            "ca_file": sync.pki.ca_path(),
+        });
+    }
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{line}")?;
     stdout.flush()?;
     drop(stdout);
     server.await??;
+    if let Some(sync) = sync_runtime {
+        sync.service.stop().await;
+    }
     app.stop().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -93,6 +93,14 @@ pub const ROUTES: &[RouteSpec] = &[
     route!("GET", "/metrics", PUBLIC, None, 200, "Prometheus metrics"),
     route!("GET", "/openapi.json", PUBLIC, None, 200, "This OpenAPI document"),
     route!("POST", "/v1/auth/login", PUBLIC, Json, 200, "Exchange a user name and password for a bearer token"),
+    route!(
+        "POST",
+        "/v1/provision",
+        PUBLIC,
+        Json,
+        200,
+        "A kiosk trades its one-time token and a CSR for its certificate"
+    ),
     route!("GET", "/v1/identities", ENROLL, None, 200, "List identities (paged: limit, after, group)"),
     route!(
         "POST",
@@ -230,6 +238,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_document))
         .route("/v1/auth/login", post(login))
+        .route("/v1/provision", post(crate::sync::provision::handle))
         .route("/v1/identities", get(list_identities).post(create_identity))
         .route("/v1/identities/{id}", get(get_identity).patch(update_identity).delete(delete_identity))
         .route("/v1/identities/{id}/erasure", get(erasure_status))
@@ -263,7 +272,10 @@ mod tests {
         for (i, a) in ROUTES.iter().enumerate() {
             assert!(ROUTES[i + 1..].iter().all(|b| (a.method, a.path) != (b.method, b.path)), "{a:?} twice");
             if a.roles.is_empty() {
-                assert!(!a.path.starts_with("/v1/") || a.path == "/v1/auth/login", "{a:?} is public");
+                assert!(
+                    !a.path.starts_with("/v1/") || ["/v1/auth/login", "/v1/provision"].contains(&a.path),
+                    "{a:?} is public"
+                );
             } else {
                 assert!(a.path.starts_with("/v1/"), "{a:?}");
             }

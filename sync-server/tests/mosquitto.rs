@@ -1,0 +1,191 @@
+//! The generated mosquitto configuration, run by the real `mosquitto -c FILE`
+//! (Debian package `mosquitto`, installed by tests/setup.sh) on a free
+//! loopback port: TLS with client certificates and per-device ACLs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use facegate_protocol::{DeviceId, ShardId, topics};
+use facegate_sync_server::sync::mosquitto::{self, DeviceAcl};
+use facegate_sync_server::sync::pki::{Pki, SERVER_IDENTITY};
+use facegate_sync_server::sync::service::{client_tls, mqtt_options};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::{AsyncClient, Event};
+use tokio::sync::mpsc;
+
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+enum Seen {
+    Connected,
+    Message(String),
+    SubAck(Vec<String>),
+    Error(String),
+}
+
+/// A client with `name`'s certificate (or none); its events on a channel.
+fn client(
+    pki: &Pki,
+    dir: &std::path::Path,
+    name: &str,
+    port: u16,
+    with_cert: bool,
+) -> (AsyncClient, mpsc::UnboundedReceiver<Seen>) {
+    let tls = if with_cert {
+        let pair = pki.issue_client_certificate(name, 1).unwrap();
+        let cert = dir.join(format!("{name}.pem"));
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&cert, pair.cert_pem).unwrap();
+        std::fs::write(&key, pair.key_pem).unwrap();
+        client_tls(&pki.ca_path(), &cert, &key).unwrap()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        roots.add(rustls::pki_types::CertificateDer::from_pem_file(pki.ca_path()).unwrap()).unwrap();
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    };
+    let (client, mut eventloop) = AsyncClient::new(mqtt_options(&name.replace(':', "-"), "localhost", port, tls), 64);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let seen = match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => Seen::Connected,
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    Seen::Message(String::from_utf8_lossy(&p.topic).into_owned())
+                }
+                Ok(Event::Incoming(Packet::SubAck(a))) => {
+                    Seen::SubAck(a.return_codes.iter().map(|c| format!("{c:?}")).collect())
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    let _ = tx.send(Seen::Error(e.to_string()));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            if tx.send(seen).is_err() {
+                return;
+            }
+        }
+    });
+    (client, rx)
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("an event within 10 s").unwrap()
+}
+
+async fn connected(rx: &mut mpsc::UnboundedReceiver<Seen>) {
+    match next(rx).await {
+        Seen::Connected => {}
+        Seen::Error(e) => panic!("connection failed: {e}"),
+        _ => panic!("expected a connection"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_refuses_certless_clients_and_keeps_devices_to_their_own_topics() {
+    let Ok(path) = which_mosquitto() else {
+        panic!("mosquitto is not installed: run tests/setup.sh (Debian package mosquitto)");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::load_or_create(&dir.path().join("pki"), &[]).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let a = DeviceId::new("kiosk-a").unwrap();
+    let b = DeviceId::new("kiosk-b").unwrap();
+    let lobby = ShardId::new("lobby").unwrap();
+    let devices = vec![
+        DeviceAcl { device: a.clone(), shards: vec![lobby.clone()] },
+        DeviceAcl { device: b.clone(), shards: vec![] },
+    ];
+    let broker_dir = dir.path().join("mosquitto");
+    // mosquitto drops root to its own user: give it the files (and the way in).
+    let owner = if is_root() { mosquitto::system_user("mosquitto") } else { None };
+    let files = mosquitto::write(&broker_dir, &pki, ([127, 0, 0, 1], port).into(), &devices, owner).unwrap();
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+    }
+    let child =
+        Command::new(path).arg("-c").arg(&files.conf).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap();
+    let _broker = Broker(child);
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let clients = tempfile::tempdir().unwrap();
+
+    // No client certificate: refused.
+    let (_anonymous, mut anonymous_events) = client(&pki, clients.path(), "anonymous", port, false);
+    match next(&mut anonymous_events).await {
+        Seen::Error(e) => eprintln!("cert-less client refused: {e}"),
+        _ => panic!("a client without a certificate was let in"),
+    }
+
+    let (server, mut server_events) = client(&pki, clients.path(), SERVER_IDENTITY, port, true);
+    connected(&mut server_events).await;
+    server.subscribe("facegate/v1/device/+/up", QoS::AtLeastOnce).await.unwrap();
+    assert!(matches!(next(&mut server_events).await, Seen::SubAck(c) if c[0].starts_with("Success")));
+    let (device_a, mut a_events) = client(&pki, clients.path(), "kiosk-a", port, true);
+    connected(&mut a_events).await;
+
+    // A cannot subscribe to B's down topic, can to its own and its shard's.
+    device_a.subscribe(topics::device_down(&b), QoS::AtLeastOnce).await.unwrap();
+    match next(&mut a_events).await {
+        Seen::SubAck(codes) => assert!(!codes[0].starts_with("Success"), "subscribing to B's down: {codes:?}"),
+        _ => panic!("expected a suback"),
+    }
+    for topic in [topics::device_down(&a), topics::shard_delta(&lobby)] {
+        device_a.subscribe(topic.clone(), QoS::AtLeastOnce).await.unwrap();
+        assert!(matches!(next(&mut a_events).await, Seen::SubAck(c) if c[0].starts_with("Success")), "{topic}");
+    }
+    server.publish(topics::device_down(&b), QoS::AtLeastOnce, false, b"for b".to_vec()).await.unwrap();
+    server.publish(topics::device_down(&a), QoS::AtLeastOnce, false, b"for a".to_vec()).await.unwrap();
+    match next(&mut a_events).await {
+        Seen::Message(t) => assert_eq!(t, topics::device_down(&a), "A received another device's message"),
+        _ => panic!("expected A's own down message"),
+    }
+
+    // A's publish on B's up topic is dropped; on its own it arrives.
+    device_a.publish(topics::device_up(&b), QoS::AtLeastOnce, false, b"forged".to_vec()).await.unwrap();
+    device_a.publish(topics::device_up(&a), QoS::AtLeastOnce, false, b"mine".to_vec()).await.unwrap();
+    match next(&mut server_events).await {
+        Seen::Message(t) => assert_eq!(t, topics::device_up(&a), "the broker passed A's publish on B's topic"),
+        _ => panic!("expected A's uplink"),
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(seen) = server_events.try_recv() {
+        assert!(!matches!(seen, Seen::Message(ref t) if *t == topics::device_up(&b)), "B's topic got A's publish");
+    }
+}
+
+fn which_mosquitto() -> Result<std::path::PathBuf, ()> {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or(())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
