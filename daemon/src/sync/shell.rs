@@ -13,7 +13,10 @@ use std::time::Duration;
 use facegate_protocol::sync::Publish;
 use facegate_protocol::sync::device::{DeviceAction, DeviceConfig, DeviceInput, DeviceState, DeviceSync, StatusInfo};
 use facegate_protocol::{Command, DeltaBatch, ShardId, ShardProgress, SnapshotEntry};
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
 use tokio::sync::{Notify, mpsc};
 
 use super::SyncError;
@@ -128,9 +131,13 @@ async fn pump(mut events: EventLoop, forward: mpsc::Sender<Incoming>, shutdown: 
                 backoff = Duration::from_millis(500);
                 Incoming::Connected
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                Incoming::Message { topic: p.topic.clone(), payload: p.payload.to_vec() }
-            }
+            Ok(Event::Incoming(Packet::Publish(p))) => match String::from_utf8(p.topic.to_vec()) {
+                Ok(topic) => Incoming::Message { topic, payload: p.payload.to_vec() },
+                Err(_) => {
+                    log::warn!("a publication with a topic that is not UTF-8 was ignored");
+                    continue;
+                }
+            },
             Ok(_) => continue,
             Err(error) => {
                 let message = error.to_string();
@@ -182,10 +189,13 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
 
     let mut options = MqttOptions::new(device.as_str(), provisioned.mqtt.host.clone(), provisioned.mqtt.port);
     options.set_keep_alive(Duration::from_secs(30));
-    options.set_clean_session(false);
-    options.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+    // A persistent session (MQTT 5: clean start off, a day of expiry); the
+    // durable outbox, not the broker, is what guarantees delivery.
+    options.set_clean_start(false);
+    options.set_session_expiry_interval(Some(24 * 3600));
+    options.set_max_packet_size(Some(4 * 1024 * 1024));
     if let Some(will) = machine.last_will(unix_millis()) {
-        options.set_last_will(LastWill::new(will.topic, will.payload, qos1(), will.retain));
+        options.set_last_will(LastWill::new(will.topic, will.payload, qos1(), will.retain, None));
     }
     if provisioned.mqtt.tls {
         options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls_config(&ctx.dir)?))));
