@@ -27,6 +27,6 @@ else
 fi
 
 echo "tests/run.sh: building and running the test suite (target dir $CARGO_TARGET_DIR)"
-cargo test --workspace --all-targets --locked
+cargo test --workspace --all-targets --locked --no-fail-fast
 cargo test --workspace --doc --locked
 echo "tests/run.sh: all tests passed"
