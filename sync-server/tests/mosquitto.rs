@@ -145,10 +145,13 @@ async fn mosquitto_refuses_certless_clients_and_keeps_devices_to_their_own_topic
     let (device_a, mut a_events) = client(&pki, clients.path(), "kiosk-a", port, true);
     connected(&mut a_events).await;
 
-    // A cannot subscribe to B's down topic, can to its own and its shard's.
+    // A may not read B's down topic. mosquitto 2.0 (Debian's) grants the
+    // subscription and enforces the ACL's read access on every delivery, so
+    // the property checked is that B's message never reaches A (below), not
+    // the SUBACK code.
     device_a.subscribe(topics::device_down(&b), QoS::AtLeastOnce).await.unwrap();
     match next(&mut a_events).await {
-        Seen::SubAck(codes) => assert!(!codes[0].starts_with("Success"), "subscribing to B's down: {codes:?}"),
+        Seen::SubAck(codes) => eprintln!("subscription to B's down answered {codes:?}"),
         _ => panic!("expected a suback"),
     }
     for topic in [topics::device_down(&a), topics::shard_delta(&lobby)] {
