@@ -6,7 +6,7 @@
 #   tests/run.sh            unit, integration, system and doc tests, benches in test mode
 #
 # Build outputs go to $CARGO_TARGET_DIR, by default a directory outside the
-# clone (~/.cache/facegate/target) so later runs reuse it.
+# clone (~/.cache/facegate/target) so later runs reuse it (tests/target-dir.sh).
 # The dev-set accuracy tests run when ../shared/data/faces exists (or
 # FACEGATE_DATA points at a data directory); a fresh clone skips them and says so.
 set -euo pipefail
@@ -14,8 +14,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 tests/setup.sh
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/facegate/target}"
-mkdir -p "$CARGO_TARGET_DIR"
+. tests/target-dir.sh
 
 if [ -z "${FACEGATE_DATA:-}" ] && [ -d "$root/../shared/data" ]; then
     export FACEGATE_DATA="$root/../shared/data"
