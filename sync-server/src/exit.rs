@@ -10,5 +10,9 @@ pub const NO_INPUT: u8 = 66;
 pub const UNAVAILABLE: u8 = 69;
 /// An internal error.
 pub const SOFTWARE: u8 = 70;
+/// An OS resource (a listening port, a thread) could not be had.
+pub const OS_ERROR: u8 = 71;
+/// A file could not be created (the sync PKI, generated configuration).
+pub const CANT_CREATE: u8 = 73;
 /// Bad configuration; systemd must not restart us (`RestartPreventExitStatus=78`).
 pub const CONFIG: u8 = 78;

@@ -15,7 +15,7 @@ use facegate_sync_server::config::{Config, ConfigError, ProcessEnvironment};
 use facegate_sync_server::crypto::{PhotoCipher, hex, random_bytes};
 use facegate_sync_server::engine::Actor;
 use facegate_sync_server::readiness::Readiness;
-use facegate_sync_server::store::{UserDoc, now_millis};
+use facegate_sync_server::store::{DeviceDoc, StoreError, UserDoc, now_millis};
 use facegate_sync_server::{api, devdb, exit, import, logging, server, sync};
 
 #[derive(Debug, Parser)]
@@ -65,6 +65,46 @@ enum Command {
         /// Recorded as the actor in the admin trail.
         #[arg(long, default_value = "import")]
         actor: String,
+    },
+    /// Manage kiosks.
+    #[command(subcommand)]
+    Devices(DevicesCommand),
+    /// Write a mosquitto configuration for this site into a directory: TLS
+    /// with client certificates from the device CA and a per-device ACL
+    /// from the database (active devices only). Rerun when devices or
+    /// their groups change, then send mosquitto SIGHUP.
+    Mosquitto {
+        /// Directory for mosquitto.conf, acl, ca.pem, server.pem, server.key, data/.
+        #[arg(long)]
+        out: PathBuf,
+        /// Address mosquitto listens on.
+        #[arg(long, default_value = "0.0.0.0:8883")]
+        listen: SocketAddr,
+        /// System user mosquitto drops to; the files are given to it when
+        /// this runs as root. Empty: leave ownership alone.
+        #[arg(long, default_value = "mosquitto")]
+        user: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DevicesCommand {
+    /// Register a kiosk; prints its one-time provisioning token (JSON).
+    Add {
+        /// Device id (A-Z a-z 0-9 . _ -): the certificate's CN, the MQTT topics' name.
+        id: String,
+        /// Groups (gallery shards) whose people this kiosk admits, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Display name (default: the id).
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime of the provisioning token, in seconds (60 .. 30 days).
+        #[arg(long, default_value_t = facegate_sync_server::store::devices::PROVISIONING_TOKEN_TTL_SECS)]
+        token_ttl_secs: u64,
+        /// The admin API's address, written into the printed provisioning command.
+        #[arg(long)]
+        server_url: Option<String>,
     },
 }
 
@@ -165,6 +205,18 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<import::ImportError>().is_some() {
             return exit::NO_INPUT;
         }
+        if let Some(start) = cause.downcast_ref::<sync::SyncStartError>() {
+            return match start {
+                sync::SyncStartError::Pki { .. } => exit::CANT_CREATE,
+                sync::SyncStartError::Broker(_) | sync::SyncStartError::Join => exit::OS_ERROR,
+                sync::SyncStartError::Service(_) => exit::SOFTWARE,
+            };
+        }
+        if cause.downcast_ref::<sync::pki::PkiError>().is_some()
+            || cause.downcast_ref::<sync::mosquitto::MosquittoError>().is_some()
+        {
+            return exit::CANT_CREATE;
+        }
     }
     exit::SOFTWARE
 }
@@ -175,6 +227,10 @@ async fn run(command: Command, config_path: Option<PathBuf>) -> anyhow::Result<E
         Command::Demo { listen, mqtt_port } => demo(listen, mqtt_port).await,
         Command::Admin(AdminCommand::Create { name, role }) => admin_create(config_path, name, role).await,
         Command::Import { dir, csv, groups, actor } => bulk_import(config_path, dir, csv, groups, actor).await,
+        Command::Devices(DevicesCommand::Add { id, groups, name, token_ttl_secs, server_url }) => {
+            devices_add(config_path, id, groups, name, token_ttl_secs, server_url).await
+        }
+        Command::Mosquitto { out, listen, user } => mosquitto_files(config_path, out, listen, user).await,
         Command::Config(_) => Ok(ExitCode::SUCCESS),
     }
 }
@@ -320,16 +376,7 @@ async fn admin_create(config_path: Option<PathBuf>, name: String, role: Role) ->
             return Ok(ExitCode::from(exit::DATA));
         }
     };
-    let store = facegate_sync_server::store::Store::connect(
-        &config.mongodb.uri,
-        &config.mongodb.database,
-        2,
-        Duration::from_secs(config.mongodb.server_selection_timeout_secs),
-        None,
-    )
-    .await
-    .map_err(AppError::from)?;
-    store.init().await.map_err(AppError::from)?;
+    let store = connect_store(&config).await?;
     let user = UserDoc {
         name: name.clone(),
         password_hash: hash,
@@ -382,4 +429,128 @@ async fn bulk_import(
     println!("{}", serde_json::to_string(&summary)?);
     app.stop().await;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn connect_store(config: &Config) -> anyhow::Result<facegate_sync_server::store::Store> {
+    let store = facegate_sync_server::store::Store::connect(
+        &config.mongodb.uri,
+        &config.mongodb.database,
+        2,
+        Duration::from_secs(config.mongodb.server_selection_timeout_secs),
+        None,
+    )
+    .await
+    .map_err(AppError::from)?;
+    store.init().await.map_err(AppError::from)?;
+    Ok(store)
+}
+
+async fn devices_add(
+    config_path: Option<PathBuf>,
+    id: String,
+    groups: Vec<String>,
+    name: Option<String>,
+    token_ttl_secs: u64,
+    server_url: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path.as_ref())?;
+    let groups: Vec<String> = groups.into_iter().filter(|g| !g.is_empty()).collect();
+    let device_id = match facegate_protocol::DeviceId::new(id.clone()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: device id {id:?}: {e}");
+            return Ok(ExitCode::from(exit::USAGE));
+        }
+    };
+    for g in &groups {
+        if let Err(e) = facegate_protocol::ShardId::new(g.clone()) {
+            eprintln!("error: group {g:?}: {e}");
+            return Ok(ExitCode::from(exit::USAGE));
+        }
+    }
+    let store = connect_store(&config).await?;
+    let (device, token) = DeviceDoc::pending(&device_id, name, groups, token_ttl_secs)?;
+    let record = facegate_sync_server::engine::action(
+        &Actor { name: "command-line".into(), role: Role::Admin },
+        "device.create",
+        Some(device_id.as_str()),
+        "ok",
+        mongodb::bson::doc! { "groups": device.groups.clone() },
+    );
+    match store.create_device(&device, &record).await {
+        Ok(()) => {}
+        Err(e @ (StoreError::AlreadyExists { .. } | StoreError::NotFound { .. })) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(exit::DATA));
+        }
+        Err(e) => return Err(AppError::from(e).into()),
+    }
+    let server = server_url.unwrap_or_else(|| "https://SERVER".into());
+    println!(
+        "{}",
+        serde_json::json!({
+            "id": device.id,
+            "groups": device.groups,
+            "provisioning_token": token,
+            "token_expires_at_ms": device.token_expires_at,
+            "provision": format!(
+                "facegate-daemon provision --server {server} --token {token} --dir /var/lib/facegate/sync"
+            ),
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn mosquitto_files(
+    config_path: Option<PathBuf>,
+    out: PathBuf,
+    listen: SocketAddr,
+    user: String,
+) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path.as_ref())?;
+    let owner = if user.is_empty() || !running_as_root() {
+        None
+    } else {
+        Some(sync::mosquitto::system_user(&user).ok_or_else(|| ConfigError::Invalid {
+            key: "--user",
+            message: format!("no system user {user:?} (is mosquitto installed? pass --user '' to keep ownership)"),
+        })?)
+    };
+    let store = connect_store(&config).await?;
+    let mut devices = Vec::new();
+    for d in store.list_devices().await.map_err(AppError::from)? {
+        // Pending devices are in: the ACL is ready when they are provisioned.
+        if d.state == facegate_sync_server::store::DeviceState::Revoked {
+            continue;
+        }
+        let device = facegate_protocol::DeviceId::new(d.id.clone())
+            .with_context(|| format!("device {:?} in the database", d.id))?;
+        let shards = d
+            .groups
+            .iter()
+            .map(|g| facegate_protocol::ShardId::new(g.clone()).with_context(|| format!("group {g:?} of {}", d.id)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        devices.push(sync::mosquitto::DeviceAcl { device, shards });
+    }
+    let mut names = vec![config.sync.broker_host.clone()];
+    names.extend(config.sync.certificate_names.iter().cloned());
+    let pki = sync::pki::Pki::load_or_create(&config.sync.state_dir, &names)?;
+    let files = sync::mosquitto::write(&out, &pki, listen, &devices, owner)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "conf": files.conf,
+            "acl": files.acl,
+            "devices": devices.len(),
+            "run": format!("mosquitto -c {}", files.conf.display()),
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
 }

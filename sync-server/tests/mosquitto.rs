@@ -1,14 +1,20 @@
-//! The generated mosquitto configuration, run by the real `mosquitto -c FILE`
-//! (Debian package `mosquitto`, installed by tests/setup.sh) on a free
-//! loopback port: TLS with client certificates and per-device ACLs.
+//! The mosquitto configuration `facegate-sync-server mosquitto` generates
+//! from the database, run by the real `mosquitto -c FILE` (Debian package
+//! `mosquitto`, installed by tests/setup.sh) on a free loopback port: TLS
+//! with client certificates and per-device ACLs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{database, fresh_name};
 use facegate_protocol::{DeviceId, ShardId, topics};
-use facegate_sync_server::sync::mosquitto::{self, DeviceAcl};
+use facegate_sync_server::auth::Role;
+use facegate_sync_server::engine::{Actor, action};
+use facegate_sync_server::store::{GroupDoc, Store, now_millis};
 use facegate_sync_server::sync::pki::{Pki, SERVER_IDENTITY};
 use facegate_sync_server::sync::service::{client_tls, mqtt_options};
 use rumqttc::v5::mqttbytes::QoS;
@@ -104,24 +110,74 @@ async fn mosquitto_refuses_certless_clients_and_keeps_devices_to_their_own_topic
         panic!("mosquitto is not installed: run tests/setup.sh (Debian package mosquitto)");
     };
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::load_or_create(&dir.path().join("pki"), &[]).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let a = DeviceId::new("kiosk-a").unwrap();
     let b = DeviceId::new("kiosk-b").unwrap();
     let lobby = ShardId::new("lobby").unwrap();
-    let devices = vec![
-        DeviceAcl { device: a.clone(), shards: vec![lobby.clone()] },
-        DeviceAcl { device: b.clone(), shards: vec![] },
-    ];
+
+    // The site's devices, registered as an operator does: A at the lobby, B
+    // with no group, C at the lobby but revoked (left out of the ACL).
+    let db = database();
+    let db_name = fresh_name();
+    let store = Store::connect(&db.uri, &db_name, 2, Duration::from_secs(10), None).await.unwrap();
+    store.init().await.unwrap();
+    let admin = Actor { name: "test".into(), role: Role::Admin };
+    let note = |what: &str| action(&admin, what, None, "ok", mongodb::bson::Document::new());
+    let group = GroupDoc { id: "lobby".into(), name: "Lobby".into(), description: None, created_at: now_millis() };
+    store.create_group(&group, &note("group.create")).await.unwrap();
+    let state_dir = dir.path().join("pki");
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mongodb]\nuri = \"{}\"\ndatabase = \"{db_name}\"\n\n[sync]\nstate-dir = \"{}\"\n",
+            db.uri,
+            state_dir.display()
+        ),
+    )
+    .unwrap();
+    let server_command = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_facegate-sync-server"))
+            .args(["--config", config.to_str().unwrap()])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    for (id, groups) in [("kiosk-a", "lobby"), ("kiosk-b", ""), ("kiosk-c", "lobby")] {
+        let out = server_command(&["devices", "add", id, "--groups", groups]);
+        assert!(out.status.success(), "devices add {id}: {}", String::from_utf8_lossy(&out.stderr));
+        let added: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(added["provisioning_token"].as_str().unwrap().starts_with("fgp_"), "{added}");
+    }
+    let out = server_command(&["devices", "add", "kiosk-d", "--groups", "no-such-group"]);
+    assert_eq!(out.status.code(), Some(65), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-group"));
+    let out = server_command(&["devices", "add", "kiosk-a", "--groups", "lobby"]);
+    assert_eq!(out.status.code(), Some(65), "a second kiosk-a: {}", String::from_utf8_lossy(&out.stderr));
+    let out = server_command(&["devices", "add", "bad/id"]);
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+    store.revoke_device("kiosk-c", &note("device.revoke")).await.unwrap();
+
     let broker_dir = dir.path().join("mosquitto");
-    // mosquitto drops root to its own user: give it the files (and the way in).
-    let owner = if is_root() { mosquitto::system_user("mosquitto") } else { None };
-    let files = mosquitto::write(&broker_dir, &pki, ([127, 0, 0, 1], port).into(), &devices, owner).unwrap();
-    if let Some((uid, gid)) = owner {
+    // mosquitto drops root to its own user: it is given the files, and the way in.
+    let user = if is_root() { "mosquitto" } else { "" };
+    let listen = format!("127.0.0.1:{port}");
+    let out =
+        server_command(&["mosquitto", "--out", broker_dir.to_str().unwrap(), "--listen", &listen, "--user", user]);
+    assert!(out.status.success(), "facegate-sync-server mosquitto: {}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["devices"], 2, "{summary}");
+    let acl = std::fs::read_to_string(broker_dir.join("acl")).unwrap();
+    assert!(acl.contains("user kiosk-a\ntopic read facegate/v1/shard/lobby/delta"), "{acl}");
+    assert!(!acl.contains("kiosk-c"), "a revoked device is in the ACL:\n{acl}");
+    if is_root() {
+        let (uid, gid) = facegate_sync_server::sync::mosquitto::system_user("mosquitto").unwrap();
         std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
     }
-    let child =
-        Command::new(path).arg("-c").arg(&files.conf).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap();
+    let pki = Pki::load_or_create(&state_dir, &["localhost".into()]).unwrap();
+    let conf = broker_dir.join("mosquitto.conf");
+    let child = Command::new(path).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap();
     let _broker = Broker(child);
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {

@@ -16,11 +16,11 @@ use serde_json::{Value, json};
 use super::extract::{ApiJson, ApiQuery, Form, Peer, read_form};
 use super::{ApiError, AppState, Authorized};
 use crate::auth::{AuthError, Role};
-use crate::crypto::hex;
 use crate::engine::{Actor, EngineError, Enrollment, action};
 use crate::store::audit::AuditQuery;
+use crate::store::devices::PROVISIONING_TOKEN_TTL_SECS;
 use crate::store::identities::IdentityPatch;
-use crate::store::{DeviceDoc, DeviceState, GroupDoc, IdentityDoc, PhotoDoc, StoreError, UserDoc, now_millis};
+use crate::store::{DeviceDoc, GroupDoc, IdentityDoc, PhotoDoc, StoreError, UserDoc, now_millis};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -643,27 +643,9 @@ pub(super) async fn create_device(
     let id = device_id(&new.id)?;
     let groups =
         new.groups.iter().map(|g| shard_id(g, "groups").map(|s| s.to_string())).collect::<ApiResult<Vec<_>>>()?;
-    let ttl = new.token_ttl_secs.unwrap_or(24 * 3600).clamp(60, 30 * 24 * 3600);
-    let token =
-        format!("fgp_{}", hex(&crate::crypto::random_bytes::<24>().map_err(|e| ApiError::Internal(e.to_string()))?));
-    let token_hash = hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
-    let now = now_millis();
-    let device = DeviceDoc {
-        id: id.to_string(),
-        name: new.name.unwrap_or_else(|| id.to_string()),
-        groups,
-        state: DeviceState::Pending,
-        token_hash: Some(token_hash),
-        token_expires_at: Some(now + ttl as i64 * 1000),
-        created_at: now,
-        provisioned_at: None,
-        revoked_at: None,
-        applied: doc! {},
-        last_seen: None,
-        online: false,
-        model_id: None,
-        software_version: None,
-    };
+    let ttl = new.token_ttl_secs.unwrap_or(PROVISIONING_TOKEN_TTL_SECS);
+    let (device, token) =
+        DeviceDoc::pending(&id, new.name, groups, ttl).map_err(|e| ApiError::Internal(e.to_string()))?;
     let record =
         action(&auth.actor, "device.create", Some(id.as_str()), "ok", doc! { "groups": device.groups.clone() });
     state.engine.store.create_device(&device, &record).await?;

@@ -7,6 +7,43 @@ use mongodb::options::ReturnDocument;
 
 use super::{AdminActionDoc, DeviceDoc, DeviceState, Store, StoreError, in_transaction, now_millis};
 
+/// Default lifetime of a provisioning token.
+pub const PROVISIONING_TOKEN_TTL_SECS: u64 = 24 * 3600;
+
+impl DeviceDoc {
+    /// A device waiting to be provisioned, and its one-time token (shown
+    /// once; only its SHA-256 is kept). The token lives `ttl_secs`, clamped
+    /// to one minute .. thirty days.
+    pub fn pending(
+        id: &facegate_protocol::DeviceId,
+        name: Option<String>,
+        groups: Vec<String>,
+        ttl_secs: u64,
+    ) -> Result<(Self, String), crate::crypto::CryptoError> {
+        let ttl = ttl_secs.clamp(60, 30 * 24 * 3600);
+        let token = format!("fgp_{}", crate::crypto::hex(&crate::crypto::random_bytes::<24>()?));
+        let token_hash = crate::crypto::hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
+        let now = now_millis();
+        let device = Self {
+            id: id.to_string(),
+            name: name.unwrap_or_else(|| id.to_string()),
+            groups,
+            state: DeviceState::Pending,
+            token_hash: Some(token_hash),
+            token_expires_at: Some(now + ttl as i64 * 1000),
+            created_at: now,
+            provisioned_at: None,
+            revoked_at: None,
+            applied: Document::new(),
+            last_seen: None,
+            online: false,
+            model_id: None,
+            software_version: None,
+        };
+        Ok((device, token))
+    }
+}
+
 /// Acknowledgement of a forget by one device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErasureAck {
