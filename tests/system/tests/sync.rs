@@ -3,13 +3,18 @@
 //! provisioned with a one-time token, a person enrolled centrally. The kiosk
 //! must receive the signed delta, grant the person on a replayed clip, and
 //! deliver the audit event to the server exactly once; after a forget it
-//! must drop the person. Real binaries, killed for real.
+//! must drop the person. Then a network outage between a kiosk and the
+//! broker (a relay the test cuts): the kiosk keeps deciding offline and,
+//! once the network is back, every decision is stored centrally once.
+//! Real binaries, killed for real.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -186,8 +191,7 @@ fn metric(port: u16, name: &str) -> Option<f64> {
         .ok()
 }
 
-fn start_daemon(work: &Path, metrics_port: u16) -> Process {
-    let clip = repo().join("models/testdata/liveness/eval/videos/live_clip");
+fn start_daemon(work: &Path, metrics_port: u16, clip: &Path) -> Process {
     let config = format!(
         r#"[device]
 id = "door-1"
@@ -260,7 +264,7 @@ fn an_enrollment_reaches_the_kiosk_and_its_decisions_reach_the_server_exactly_on
     let identity = body["id"].as_str().unwrap().to_owned();
 
     let metrics_port = free_port();
-    let daemon = start_daemon(&work, metrics_port);
+    let daemon = start_daemon(&work, metrics_port, &clip);
     wait_for("the delta to reach the kiosk's gallery", Duration::from_secs(180), || {
         metric(metrics_port, "facegate_gallery_identities").filter(|&n| n >= 1.0)
     });
@@ -295,4 +299,145 @@ fn tempfile_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("facegate-system-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// A TCP relay between the kiosk and the broker that the test can cut: the
+/// network outage of a door. While down it closes every relayed connection
+/// and refuses new ones.
+struct Relay {
+    port: u16,
+    up: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (up2, open2) = (Arc::clone(&up), Arc::clone(&open));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: the door is offline
+                }
+                let mut open = open2.lock().unwrap();
+                open.extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = from.shutdown(Shutdown::Both);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { port, up, open }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Every decision the kiosk has made, by its metrics.
+fn decisions(port: u16) -> Option<f64> {
+    let mut response = agent().get(&format!("http://127.0.0.1:{port}/metrics")).call().ok()?;
+    let text = response.body_mut().read_to_string().ok()?;
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("facegate_decisions_total{"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+#[test]
+fn decisions_made_while_the_broker_is_unreachable_reach_the_server_exactly_once() {
+    let work = tempfile_dir();
+    let server = start_server(&work);
+    let (status, body) = server.call("POST", "/v1/groups", Some(json!({ "id": "lobby" })));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = server.call("POST", "/v1/devices", Some(json!({ "id": "door-1", "groups": ["lobby"] })));
+    assert_eq!(status, 201, "{body}");
+    let token = body["provisioning_token"].as_str().unwrap().to_owned();
+    let sync = work.join("sync");
+    let out = Command::new(binary("facegate-daemon"))
+        .args(["provision", "--server", &server.url, "--token", &token, "--dir", sync.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "provision: {}", String::from_utf8_lossy(&out.stderr));
+    let live = repo().join("models/testdata/liveness/eval/videos/live_clip");
+    let (status, body) = server.enroll("Cap Person", "lobby", &[live.join("002.jpg"), live.join("009.jpg")]);
+    assert_eq!(status, 201, "enrollment: {body}");
+
+    // The kiosk reaches the broker through the relay.
+    let answer = sync.join("provisioned.json");
+    let mut provisioned: Value = serde_json::from_slice(&std::fs::read(&answer).unwrap()).unwrap();
+    let relay = Relay::start(provisioned["mqtt"]["port"].as_u64().unwrap() as u16);
+    provisioned["mqtt"]["port"] = json!(relay.port);
+    std::fs::write(&answer, serde_json::to_vec(&provisioned).unwrap()).unwrap();
+
+    // The person walks up again and again: the clip, then a second of empty
+    // frames (the track ends), over and over.
+    let clip = work.join("clip");
+    std::fs::create_dir_all(&clip).unwrap();
+    for entry in std::fs::read_dir(&live).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, clip.join(path.file_name().unwrap())).unwrap();
+    }
+    let mut empty = b"P5\n64 48\n255\n".to_vec();
+    empty.resize(empty.len() + 64 * 48, 16);
+    for i in 0..14 {
+        std::fs::write(clip.join(format!("9{i:02}.pgm")), &empty).unwrap();
+    }
+
+    let metrics_port = free_port();
+    let daemon = start_daemon(&work, metrics_port, &clip);
+    wait_for("the first decision stored at the server", Duration::from_secs(180), || {
+        (!server.audit("door-1").is_empty()).then_some(())
+    });
+
+    // Cut the network: the kiosk keeps deciding, into its outbox.
+    relay.cut();
+    wait_for("the kiosk to notice the outage", Duration::from_secs(60), || {
+        metric(metrics_port, "facegate_sync_connected").filter(|&c| c == 0.0)
+    });
+    let stored_before = server.audit("door-1").len();
+    wait_for("decisions made offline", Duration::from_secs(120), || {
+        metric(metrics_port, "facegate_outbox_depth").filter(|&d| d >= 2.0)
+    });
+    assert_eq!(server.audit("door-1").len(), stored_before, "events reached the server through a cut network");
+
+    // Back online: the outbox drains, every event stored once.
+    relay.restore();
+    wait_for("the outbox to drain", Duration::from_secs(120), || {
+        metric(metrics_port, "facegate_outbox_depth").filter(|&d| d == 0.0)
+    });
+    let made = decisions(metrics_port).unwrap() as u64;
+    let status = daemon.terminate();
+    assert!(status.success(), "the daemon stopped with {status}");
+    let events = server.audit("door-1");
+    let mut seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    seqs.sort_unstable();
+    let stored = seqs.len() as u64;
+    assert_eq!(seqs, (1..=stored).collect::<Vec<u64>>(), "the server's audit of door-1 has a gap or a duplicate");
+    assert!(stored >= made, "{made} decisions drained, only {stored} stored");
+    eprintln!(
+        "{stored} decisions stored once each, {} of them made during the outage",
+        (made as usize).saturating_sub(stored_before)
+    );
 }
