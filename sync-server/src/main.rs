@@ -71,7 +71,7 @@ enum Command {
     Devices(DevicesCommand),
     /// Write a mosquitto configuration for this site into a directory: TLS
     /// with client certificates from the device CA and a per-device ACL
-    /// from the database (active devices only). Rerun when devices or
+    /// from the database (revoked devices left out). Rerun when devices or
     /// their groups change, then send mosquitto SIGHUP.
     Mosquitto {
         /// Directory for mosquitto.conf, acl, ca.pem, server.pem, server.key, data/.
