@@ -171,7 +171,13 @@ async fn main() {
     println!("index: inserted {templates} templates in {:.1} s", started.elapsed().as_secs_f64());
     for kind in [IndexKind::Exact, IndexKind::Hnsw] {
         let index = Arc::new(MasterIndex::new("dlib-resnet29-v1", 128, kind, 0, HnswParams::default()));
-        let stats = index.rebuild(&store).await.unwrap();
+        // Under `cargo test`, small pages: the multi-page path on a small gallery.
+        let stats = if benching {
+            index.rebuild(&store).await.unwrap()
+        } else {
+            index.rebuild_in_pages(&store, 300).await.unwrap()
+        };
+        assert_eq!(stats.templates, templates, "templates in the rebuilt index");
         println!("index: rebuild {:?} of {} templates from MongoDB in {:.2} s", kind, stats.templates, stats.seconds);
     }
 

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use facegate_face::{Match, Template};
 use facegate_protocol::IdentityId;
-use futures_util::TryStreamExt;
 use tokio::sync::Mutex;
 
 use crate::config::IndexKind;
@@ -27,6 +26,9 @@ use crate::store::{CHANGES_COUNTER, ChangeOp, Store, StoreError, TemplateDoc};
 /// between taking the number and committing cannot leave one, but never
 /// stall forever).
 const GAP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Templates read from MongoDB per request while rebuilding.
+const REBUILD_PAGE: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
@@ -127,13 +129,27 @@ impl MasterIndex {
     /// The change-log head is read first, so anything committed later is
     /// picked up by [`catch_up`](Self::catch_up).
     pub async fn rebuild(&self, store: &Store) -> Result<RebuildStats, MasterError> {
+        self.rebuild_in_pages(store, REBUILD_PAGE).await
+    }
+
+    /// [`Self::rebuild`], reading `page` templates per request (tests use
+    /// small pages to take the multi-page path on small galleries).
+    #[doc(hidden)]
+    pub async fn rebuild_in_pages(&self, store: &Store, page: usize) -> Result<RebuildStats, MasterError> {
         let _writer = self.writer.lock().await;
         let started = Instant::now();
         let head = store.counter(CHANGES_COUNTER).await?;
-        let mut cursor = store.all_templates(&self.model_id).await?;
         let mut rows: Vec<(IdentityId, Template)> = Vec::new();
-        while let Some(doc) = cursor.try_next().await.map_err(StoreError::from)? {
-            rows.push((identity_id(&doc.identity)?, template_of(&doc, self.dim)?));
+        let mut after: Option<String> = None;
+        loop {
+            let docs = store.templates_page(&self.model_id, after.as_deref(), page).await?;
+            for doc in &docs {
+                rows.push((identity_id(&doc.identity)?, template_of(doc, self.dim)?));
+            }
+            match docs.last() {
+                Some(last) if docs.len() >= page => after = Some(last.id.clone()),
+                _ => break,
+            }
         }
         let hnsw = self.use_hnsw(rows.len());
         let (model_id, dim, params) = (self.model_id.clone(), self.dim, self.params);
