@@ -508,7 +508,7 @@ async fn mosquitto_files(
     user: String,
 ) -> anyhow::Result<ExitCode> {
     let config = load_config(config_path.as_ref())?;
-    let owner = if user.is_empty() || !running_as_root() {
+    let owner = if user.is_empty() || !sync::mosquitto::running_as_root() {
         None
     } else {
         Some(sync::mosquitto::system_user(&user).ok_or_else(|| ConfigError::Invalid {
@@ -546,11 +546,4 @@ async fn mosquitto_files(
         })
     );
     Ok(ExitCode::SUCCESS)
-}
-
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
 }

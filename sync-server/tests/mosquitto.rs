@@ -15,6 +15,7 @@ use facegate_protocol::{DeviceId, ShardId, topics};
 use facegate_sync_server::auth::Role;
 use facegate_sync_server::engine::{Actor, action};
 use facegate_sync_server::store::{GroupDoc, Store, now_millis};
+use facegate_sync_server::sync::mosquitto::running_as_root;
 use facegate_sync_server::sync::pki::{Pki, SERVER_IDENTITY};
 use facegate_sync_server::sync::service::{client_tls, mqtt_options};
 use rumqttc::v5::mqttbytes::QoS;
@@ -161,7 +162,7 @@ async fn mosquitto_refuses_certless_clients_and_keeps_devices_to_their_own_topic
 
     let broker_dir = dir.path().join("mosquitto");
     // mosquitto drops root to its own user: it is given the files, and the way in.
-    let user = if is_root() { "mosquitto" } else { "" };
+    let user = if running_as_root() { "mosquitto" } else { "" };
     let listen = format!("127.0.0.1:{port}");
     let out =
         server_command(&["mosquitto", "--out", broker_dir.to_str().unwrap(), "--listen", &listen, "--user", user]);
@@ -171,7 +172,7 @@ async fn mosquitto_refuses_certless_clients_and_keeps_devices_to_their_own_topic
     let acl = std::fs::read_to_string(broker_dir.join("acl")).unwrap();
     assert!(acl.contains("user kiosk-a\ntopic read facegate/v1/shard/lobby/delta"), "{acl}");
     assert!(!acl.contains("kiosk-c"), "a revoked device is in the ACL:\n{acl}");
-    if is_root() {
+    if running_as_root() {
         let (uid, gid) = facegate_sync_server::sync::mosquitto::system_user("mosquitto").unwrap();
         std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
     }
@@ -240,11 +241,4 @@ fn which_mosquitto() -> Result<std::path::PathBuf, ()> {
         .map(std::path::PathBuf::from)
         .find(|p| p.is_file())
         .ok_or(())
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
 }

@@ -161,26 +161,7 @@ impl Store {
         if !at.is_empty() {
             filter.insert("at", at);
         }
-        let mut conditions = vec![filter];
-        if let Some(cursor) = &q.after {
-            let (at, id) = parse_cursor(cursor)?;
-            conditions.push(doc! { "$or": [ { "at": { "$lt": at } }, { "at": at, "_id": { "$gt": id } } ] });
-        }
-        let filter = if conditions.len() == 1 {
-            conditions.remove(0)
-        } else {
-            doc! { "$and": conditions }
-        };
-        let limit = q.limit.clamp(1, 1000);
-        let items: Vec<AuditDoc> = self
-            .audit()
-            .find(filter)
-            .sort(doc! { "at": -1, "_id": 1 })
-            .limit(limit as i64 + 1)
-            .await?
-            .try_collect()
-            .await?;
-        Ok(page(items, limit, |d| format!("{}~{}", d.at, d.id)))
+        newest_first(self.audit(), filter, q.after.as_deref(), q.limit, |d| format!("{}~{}", d.at, d.id)).await
     }
 
     pub async fn count_audit(&self) -> Result<u64, StoreError> {
@@ -202,26 +183,7 @@ impl Store {
         if let Some(t) = target {
             filter.insert("target", t);
         }
-        let mut conditions = vec![filter];
-        if let Some(cursor) = after {
-            let (at, id) = parse_cursor(cursor)?;
-            conditions.push(doc! { "$or": [ { "at": { "$lt": at } }, { "at": at, "_id": { "$gt": id } } ] });
-        }
-        let filter = if conditions.len() == 1 {
-            conditions.remove(0)
-        } else {
-            doc! { "$and": conditions }
-        };
-        let limit = limit.clamp(1, 1000);
-        let items: Vec<AdminActionDoc> = self
-            .admin_actions()
-            .find(filter)
-            .sort(doc! { "at": -1, "_id": 1 })
-            .limit(limit as i64 + 1)
-            .await?
-            .try_collect()
-            .await?;
-        Ok(page(items, limit, |d| format!("{}~{}", d.at, d.id)))
+        newest_first(self.admin_actions(), filter, after, limit, |d| format!("{}~{}", d.at, d.id)).await
     }
 }
 
@@ -229,4 +191,30 @@ fn parse_cursor(cursor: &str) -> Result<(i64, String), StoreError> {
     let bad = || StoreError::Conflict(format!("invalid page cursor {cursor:?}"));
     let (at, id) = cursor.split_once('~').ok_or_else(bad)?;
     Ok((at.parse().map_err(|_| bad())?, id.to_string()))
+}
+
+/// One page of `collection` matching `filter`, newest first (`at`
+/// descending, `_id` ascending among equals), after the keyset cursor
+/// `after` (`"{at}~{_id}"`, as `cursor_of` writes it); at most 1000 items.
+async fn newest_first<T>(
+    collection: mongodb::Collection<T>,
+    filter: Document,
+    after: Option<&str>,
+    limit: usize,
+    cursor_of: impl Fn(&T) -> String,
+) -> Result<Page<T>, StoreError>
+where
+    T: serde::de::DeserializeOwned + Send + Sync,
+{
+    let filter = match after {
+        Some(cursor) => {
+            let (at, id) = parse_cursor(cursor)?;
+            doc! { "$and": [ filter, { "$or": [ { "at": { "$lt": at } }, { "at": at, "_id": { "$gt": id } } ] } ] }
+        }
+        None => filter,
+    };
+    let limit = limit.clamp(1, 1000);
+    let items: Vec<T> =
+        collection.find(filter).sort(doc! { "at": -1, "_id": 1 }).limit(limit as i64 + 1).await?.try_collect().await?;
+    Ok(page(items, limit, cursor_of))
 }

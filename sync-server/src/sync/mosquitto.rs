@@ -105,6 +105,15 @@ pub fn system_user(name: &str) -> Option<(u32, u32)> {
     })
 }
 
+/// Whether this process runs as root (and so must hand the files to the
+/// user mosquitto drops to).
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
 /// Writes `mosquitto.conf`, `acl`, the CA and the broker's certificate and
 /// key into `dir` (created), owned by `owner` when given.
 pub fn write(

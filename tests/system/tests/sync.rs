@@ -180,10 +180,15 @@ fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<
 }
 
 /// A metric's value from the daemon's `/metrics`, if it answers.
-fn metric(port: u16, name: &str) -> Option<f64> {
+/// The kiosk's Prometheus text.
+fn metrics_text(port: u16) -> Option<String> {
     let mut response = agent().get(&format!("http://127.0.0.1:{port}/metrics")).call().ok()?;
-    let text = response.body_mut().read_to_string().ok()?;
-    text.lines()
+    response.body_mut().read_to_string().ok()
+}
+
+fn metric(port: u16, name: &str) -> Option<f64> {
+    metrics_text(port)?
+        .lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?
         .split_whitespace()
         .nth(1)?
@@ -355,10 +360,9 @@ impl Relay {
 
 /// Every decision the kiosk has made, by its metrics.
 fn decisions(port: u16) -> Option<f64> {
-    let mut response = agent().get(&format!("http://127.0.0.1:{port}/metrics")).call().ok()?;
-    let text = response.body_mut().read_to_string().ok()?;
     Some(
-        text.lines()
+        metrics_text(port)?
+            .lines()
             .filter(|l| l.starts_with("facegate_decisions_total{"))
             .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
             .sum(),
