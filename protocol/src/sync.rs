@@ -51,7 +51,9 @@ pub struct Publish {
 }
 
 /// Why a received message was not acted on. Each one should be logged and
-/// counted (label: [`Rejection::label`]); none of them changes any state.
+/// counted (label: [`Rejection::label`]). None of them changes applied
+/// state; a delta after a gap ([`Rejection::Gap`]) is held back until the
+/// deltas before it arrive, and a resync is asked for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     #[error("not a facegate topic this side subscribes to")]
@@ -70,6 +72,14 @@ pub enum Rejection {
     InconsistentSnapshot,
     #[error("the device is wiped and no longer syncs")]
     Wiped,
+    /// A duplicate (QoS 1 redelivery, a resync answer racing a live delta)
+    /// or a replay of a delta already applied.
+    #[error("delta {base}..{seq} of shard {shard} is not after the applied seq {applied}: a duplicate or a replay")]
+    Stale { shard: ShardId, base: u64, seq: u64, applied: u64 },
+    #[error("delta {base}..{seq} of shard {shard} overlaps the applied seq {applied} and cannot be applied in part")]
+    Overlap { shard: ShardId, base: u64, seq: u64, applied: u64 },
+    #[error("delta {base}..{seq} of shard {shard} is after a gap (applied {applied}): held back, resync asked for")]
+    Gap { shard: ShardId, base: u64, seq: u64, applied: u64 },
 }
 
 impl Rejection {
@@ -94,7 +104,16 @@ impl Rejection {
             Self::ReplayedCommand { .. } => "replayed_command",
             Self::InconsistentSnapshot => "inconsistent_snapshot",
             Self::Wiped => "wiped",
+            Self::Stale { .. } => "stale",
+            Self::Overlap { .. } => "overlap",
+            Self::Gap { .. } => "gap",
         }
+    }
+
+    /// Part of normal operation in moderation (a redelivery, a missed delta
+    /// being fetched): worth an info line, not a warning.
+    pub fn is_ordering(&self) -> bool {
+        matches!(self, Self::Stale { .. } | Self::Overlap { .. } | Self::Gap { .. })
     }
 }
 

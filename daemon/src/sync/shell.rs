@@ -347,7 +347,11 @@ async fn execute(ctx: &SyncContext, client: &AsyncClient, action: DeviceAction) 
             None
         }
         DeviceAction::Rejected { topic, reason } => {
-            log::warn!(topic = topic.as_str(), reason:% = reason; "sync message rejected");
+            if reason.is_ordering() {
+                log::info!(topic = topic.as_str(), reason:% = reason; "delta not applied");
+            } else {
+                log::warn!(topic = topic.as_str(), reason:% = reason; "sync message rejected");
+            }
             if let Some(m) = &ctx.metrics {
                 m.sync_rejected.get_or_create(&crate::metrics::ReasonLabel { reason: reason.label().to_owned() }).inc();
             }

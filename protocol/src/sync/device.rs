@@ -420,26 +420,34 @@ impl DeviceSync {
         let max_buffered = self.config.max_buffered_batches;
         let shard = self.shards.get_mut(&batch.shard).ok_or_else(|| Rejection::UnassignedShard(batch.shard.clone()))?;
         let effective = shard.effective();
-        if batch.seq <= effective {
+        let (base, seq) = (batch.base_seq, batch.seq);
+        let at = |applied| (batch.shard.clone(), base, seq, applied);
+        if seq <= effective {
             // Already applied (or being applied): a duplicate or a replay.
-            return Ok(());
+            let (shard, base, seq, applied) = at(effective);
+            return Err(Rejection::Stale { shard, base, seq, applied });
         }
-        if batch.base_seq < effective {
+        if base < effective {
             // Overlaps what is applied: cannot be applied in part.
             shard.wanted = true;
-            return Ok(());
+            let (shard, base, seq, applied) = at(effective);
+            return Err(Rejection::Overlap { shard, base, seq, applied });
         }
-        if batch.base_seq > effective {
-            // A gap: keep the batch for when the missing ones arrive, and ask.
+        let gap = (base > effective).then(|| at(effective));
+        if gap.is_some() {
+            // Keep the batch for when the missing ones arrive, and ask.
             shard.wanted = true;
         }
-        shard.buffer.insert(batch.base_seq, batch);
+        shard.buffer.insert(base, batch);
         // Keep the batch at the applied seq and the nearest ones after it.
         let limit = max_buffered + usize::from(shard.buffer.contains_key(&effective));
         while shard.buffer.len() > limit {
             shard.buffer.pop_last();
         }
-        Ok(())
+        match gap {
+            Some((shard, base, seq, applied)) => Err(Rejection::Gap { shard, base, seq, applied }),
+            None => Ok(()),
+        }
     }
 
     fn on_down(&mut self, now: UnixMillis, payload: &[u8], out: &mut Vec<DeviceAction>) -> Result<(), Rejection> {

@@ -181,14 +181,17 @@ fn a_batch_at_the_applied_seq_is_applied_and_acknowledged() {
 }
 
 #[test]
-fn duplicates_and_replays_of_applied_batches_are_ignored() {
+fn duplicates_and_replays_of_applied_batches_are_refused_as_stale() {
     let mut m = current(4);
     m.handle(T0, delta(4, 5).input());
     // The same batch again while its apply is in flight, and after.
-    assert!(m.handle(T0, delta(4, 5).input()).is_empty());
+    assert_eq!(rejections(&m.handle(T0, delta(4, 5).input())), vec!["stale"]);
     m.handle(T0, DeviceInput::Applied { shard: lobby(), seq: 5 });
-    assert!(m.handle(T0, delta(4, 5).input()).is_empty());
-    assert!(m.handle(T0, delta(0, 3).input()).is_empty());
+    let out = m.handle(T0, delta(4, 5).input());
+    let [DeviceAction::Rejected { reason, .. }] = out.as_slice() else { panic!("{out:?}") };
+    assert_eq!(reason.to_string(), "delta 4..5 of shard lobby is not after the applied seq 5: a duplicate or a replay");
+    assert!(reason.is_ordering());
+    assert_eq!(rejections(&m.handle(T0, delta(0, 3).input())), vec!["stale"]);
     assert!(m.is_idle());
 }
 
@@ -198,6 +201,7 @@ fn a_gap_asks_for_a_resync_and_applies_in_order_once_filled() {
     let out = m.handle(T0 + 10, delta(6, 7).input());
     assert!(applies(&out).is_empty());
     assert_eq!(resyncs(&out), vec![4]);
+    assert_eq!(rejections(&out), vec!["gap"], "held back, and counted");
     let out = m.handle(T0 + 20, delta(7, 8).input());
     assert!(resyncs(&out).is_empty(), "one request per backoff period");
     // The missing batch arrives (answer to the resync): 4→6, then the buffered 6→7, 7→8.
@@ -279,6 +283,7 @@ fn an_overlapping_batch_is_not_applied() {
     let out = m.handle(T0, delta(3, 6).input());
     assert!(applies(&out).is_empty());
     assert_eq!(resyncs(&out), vec![4]);
+    assert_eq!(rejections(&out), vec!["overlap"]);
 }
 
 #[test]
