@@ -265,7 +265,7 @@ async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     log::info!(listen:% = config.server.listen, tls = tls.is_some(); "serving the admin API");
     let mut router = api::router(app.state.clone());
     if let Some(sync) = &sync {
-        router = router.layer(axum::Extension(Arc::clone(&sync.provisioner)));
+        router = sync.serve(router);
     }
     server::run(listener, tls, router, server::termination(), Duration::from_secs(config.server.shutdown_grace_secs))
         .await?;
@@ -335,7 +335,7 @@ async fn demo(listen: SocketAddr, mqtt_port: u16) -> anyhow::Result<ExitCode> {
         }
     }
     if let Some(sync) = &sync_runtime {
-        router = router.layer(axum::Extension(Arc::clone(&sync.provisioner)));
+        router = sync.serve(router);
     }
     let server = tokio::spawn(server::run(listener, None, router, server::termination(), Duration::from_secs(5)));
     while !readiness.is_ready() {

@@ -165,9 +165,19 @@ pub struct SyncRuntime {
     pub service: service::SyncService,
 }
 
+impl SyncRuntime {
+    /// Gives `router` what the sync side serves: `POST /v1/provision` and
+    /// the sync counters in `/metrics`.
+    pub fn serve(&self, router: axum::Router) -> axum::Router {
+        router
+            .layer(axum::Extension(Arc::clone(&self.provisioner)))
+            .layer(axum::Extension(Arc::clone(&self.service.stats)))
+    }
+}
+
 /// Loads or creates the PKI, starts the embedded broker when configured,
 /// and the sync service (its broker connection registered with `readiness`
-/// as `mqtt-broker`). Add `Extension(runtime.provisioner)` to the router to
+/// as `mqtt-broker`). Give the router to [`SyncRuntime::serve`] to
 /// answer `POST /v1/provision`.
 pub async fn start(
     config: &SyncConfig,
