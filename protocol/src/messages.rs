@@ -283,4 +283,8 @@ pub struct DeviceStatus {
     /// Short health words: "ok", "camera-lost", "degraded: …".
     pub health: String,
     pub outbox_depth: u64,
+    /// Id of the last command the device has taken ([`Down::Command`]); 0:
+    /// none. The server stops re-sending commands up to it.
+    #[serde(default)]
+    pub last_command: u64,
 }

@@ -136,6 +136,7 @@ fn encoding_refuses_a_message_over_its_limit() {
         version: "1".into(),
         health: "ok".into(),
         outbox_depth: 0,
+        last_command: 0,
     };
     assert!(matches!(encode(&status), Err(ProtocolError::TooLarge { kind: "status", max: 16384, .. })));
 }
@@ -200,6 +201,7 @@ fn unknown_and_mismatched_kinds_are_refused() {
         version: "0.1.0".into(),
         health: "ok".into(),
         outbox_depth: 0,
+        last_command: 0,
     })
     .unwrap();
     assert_eq!(decode::<UpMessage>(&status), Err(ProtocolError::WrongKind { expected: "up", found: "status" }));

@@ -537,6 +537,7 @@ impl DeviceSync {
             return Err(Rejection::ReplayedCommand { id, last: self.last_command_id });
         }
         self.last_command_id = id;
+        self.status_dirty = true;
         match command {
             Command::Resync => {
                 for s in self.shards.values_mut() {
@@ -558,7 +559,16 @@ impl DeviceSync {
             }
             Command::RotateKey => {}
         }
+        let wipe = command == Command::Wipe;
         out.push(DeviceAction::Execute { id, command });
+        if wipe {
+            // The last word of a wiped device, whatever the status rate
+            // limit: offline, "wiped", and the command taken.
+            if let Some(status) = self.status_publish(false, now) {
+                out.push(DeviceAction::Publish(status));
+                self.status_dirty = false;
+            }
+        }
         Ok(())
     }
 
@@ -711,6 +721,7 @@ impl DeviceSync {
             version: self.status.version.clone(),
             health: if self.wiped { "wiped".into() } else { self.status.health.clone() },
             outbox_depth: self.audit.depth,
+            last_command: self.last_command_id,
         };
         encode(&status).ok().map(|payload| Publish {
             topic: topics::device_status(&self.device),

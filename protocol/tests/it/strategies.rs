@@ -180,15 +180,19 @@ pub(crate) fn device_status() -> impl Strategy<Value = DeviceStatus> {
         "[0-9.]{1,10}",
         "[a-z: -]{0,30}",
         any::<u64>(),
+        any::<u64>(),
     )
-        .prop_map(|(device, online, at, shards, model_id, version, health, outbox_depth)| DeviceStatus {
-            device,
-            online,
-            at,
-            shards: shards.into_iter().map(|(shard, seq)| ShardProgress { shard, seq }).collect(),
-            model_id,
-            version,
-            health,
-            outbox_depth,
+        .prop_map(|(device, online, at, shards, model_id, version, health, outbox_depth, last_command)| {
+            DeviceStatus {
+                device,
+                online,
+                at,
+                shards: shards.into_iter().map(|(shard, seq)| ShardProgress { shard, seq }).collect(),
+                model_id,
+                version,
+                health,
+                outbox_depth,
+                last_command,
+            }
         })
 }

@@ -489,6 +489,11 @@ fn a_wipe_stops_syncing() {
     let out = m.handle(T0, down(Down::Command { id: 12, command: Command::Wipe }).input());
     assert!(out.contains(&DeviceAction::Execute { id: 12, command: Command::Wipe }));
     assert!(m.is_wiped());
+    // Its last status goes out at once, whatever the rate limit.
+    let status = statuses(&out);
+    assert_eq!(status.len(), 1, "{out:?}");
+    assert!(!status[0].online);
+    assert_eq!((status[0].health.as_str(), status[0].last_command), ("wiped", 12));
     let out = m.handle(T0, delta(0, 1).input());
     assert_eq!(rejections(&out), vec!["wiped"]);
     assert_eq!(m.next_deadline(), None);

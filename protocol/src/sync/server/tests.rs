@@ -249,6 +249,7 @@ fn applied_acknowledgements_are_tracked_per_device_and_shard() {
         version: "0.1.0".into(),
         health: "ok".into(),
         outbox_depth: 0,
+        last_command: 0,
     };
     let message = (topics::device_status(&kiosk()), encode(&status).unwrap());
     let out = receive(&mut s, T0, &message);
