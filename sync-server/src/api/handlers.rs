@@ -19,6 +19,7 @@ use super::{ApiError, AppState, Authorized};
 use crate::auth::{AuthError, Role};
 use crate::engine::{Actor, EngineError, Enrollment, action};
 use crate::store::audit::AuditQuery;
+use crate::store::commands::{CommandDoc, CommandKind};
 use crate::store::devices::PROVISIONING_TOKEN_TTL_SECS;
 use crate::store::identities::IdentityPatch;
 use crate::store::{DeviceDoc, GroupDoc, IdentityDoc, PhotoDoc, StoreError, UserDoc, now_millis};
@@ -620,6 +621,7 @@ async fn device_view(state: &AppState, d: &DeviceDoc) -> ApiResult<Value> {
         let applied = d.applied.get_i64(g).ok().or_else(|| d.applied.get_i32(g).ok().map(i64::from));
         shards.push(json!({ "shard": g, "head_seq": head, "applied_seq": applied, "behind": applied.map_or(head as i64, |a| head as i64 - a) }));
     }
+    let commands = state.engine.store.device_commands(&d.id, 10).await?;
     Ok(json!({
         "id": d.id,
         "name": d.name,
@@ -633,6 +635,7 @@ async fn device_view(state: &AppState, d: &DeviceDoc) -> ApiResult<Value> {
         "model_id": d.model_id,
         "software_version": d.software_version,
         "shards": shards,
+        "commands": commands.iter().map(command_view).collect::<Vec<_>>(),
     }))
 }
 
@@ -701,6 +704,31 @@ pub(super) async fn revoke_device(
     let record = action(&auth.actor, "device.revoke", Some(id.as_str()), "ok", doc! {});
     let device = state.engine.store.revoke_device(id.as_str(), &record).await?;
     Ok(Json(device_view(&state, &device).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewCommand {
+    command: String,
+}
+
+fn command_view(c: &CommandDoc) -> Value {
+    json!({ "device": c.device, "id": c.id, "command": c.command.as_str(), "state": c.state, "actor": c.actor,
+            "created_at_ms": c.created_at, "sent_at_ms": c.sent_at, "taken_at_ms": c.taken_at })
+}
+
+pub(super) async fn device_command(
+    State(state): State<AppState>,
+    auth: Authorized,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<NewCommand>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let id = device_id(&id)?;
+    let command = CommandKind::parse(&body.command)
+        .ok_or_else(|| ApiError::InvalidParameter { field: "command", message: "resync, wipe or rotate_key".into() })?;
+    let record = action(&auth.actor, "device.command", Some(id.as_str()), "ok", doc! { "command": command.as_str() });
+    let issued = state.engine.store.issue_command(id.as_str(), command, &auth.actor.name, &record).await?;
+    Ok((StatusCode::ACCEPTED, Json(command_view(&issued))))
 }
 
 // ---- audit ----

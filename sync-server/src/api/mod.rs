@@ -153,6 +153,14 @@ pub const ROUTES: &[RouteSpec] = &[
     route!("PUT", "/v1/devices/{id}/groups", ADMIN, Json, 200, "Assign a device's groups"),
     route!("POST", "/v1/devices/{id}/revoke", ADMIN, None, 200, "Revoke a device"),
     route!(
+        "POST",
+        "/v1/devices/{id}/commands",
+        ADMIN,
+        Json,
+        202,
+        "Order a device: {\"command\": \"resync\" | \"wipe\" | \"rotate_key\"}; sent over MQTT until the device takes it"
+    ),
+    route!(
         "GET",
         "/v1/audit/events",
         AUDIT,
@@ -253,6 +261,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/devices/{id}", get(get_device))
         .route("/v1/devices/{id}/groups", put(assign_device_groups))
         .route("/v1/devices/{id}/revoke", post(revoke_device))
+        .route("/v1/devices/{id}/commands", post(device_command))
         .route("/v1/audit/events", get(audit_events))
         .route("/v1/audit/admin", get(admin_actions))
         .route("/v1/users", get(list_users).post(create_user))

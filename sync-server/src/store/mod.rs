@@ -31,6 +31,7 @@ use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 
 pub mod audit;
+pub mod commands;
 pub mod deltas;
 pub mod devices;
 pub mod docs;
@@ -316,6 +317,8 @@ impl Store {
         self.audit().create_index(index(doc! { "identity": 1, "at": -1 }, "identity_at", false)).await?;
         self.audit().create_index(index(doc! { "decision": 1, "at": -1 }, "decision_at", false)).await?;
         self.admin_actions().create_index(index(doc! { "at": -1 }, "at", false)).await?;
+        self.commands().create_index(index(doc! { "state": 1, "created_at": 1 }, "state_created", false)).await?;
+        self.commands().create_index(index(doc! { "device": 1, "id": -1 }, "device_id", false)).await?;
         self.admin_actions().create_index(index(doc! { "actor": 1, "at": -1 }, "actor_at", false)).await?;
         self.admin_actions().create_index(index(doc! { "target": 1, "at": -1 }, "target_at", false)).await?;
         // Record the version without `$max` (not every MongoDB-protocol

@@ -442,6 +442,9 @@ impl Handler {
                     if let Err(e) = result {
                         log::warn!(error:% = e, device:% = status.device; "cannot record a device status");
                     }
+                    if let Err(e) = self.store.device_reported(status.device.as_str(), status.last_command).await {
+                        log::warn!(error:% = e, device:% = status.device; "cannot record the device's commands");
+                    }
                     self.stats.count("status_recorded");
                     None
                 }
@@ -580,6 +583,31 @@ impl Publisher {
             if started.elapsed() > self.lease / 2 {
                 return Ok(());
             }
+        }
+        self.publish_commands().await
+    }
+
+    /// Sends the pending device commands (signed, on each device's `down`).
+    async fn publish_commands(&mut self) -> Result<(), StoreError> {
+        for command in self.store.pending_commands(100).await? {
+            let (Ok(device), Ok(id)) = (DeviceId::new(command.device.clone()), u64::try_from(command.id)) else {
+                continue;
+            };
+            let publish = match self.machine.command(now_millis(), &device, id, command.command.to_protocol()) {
+                Ok(p) => p,
+                Err(e) => {
+                    log::error!(error:% = e, device:% = device, id; "a command cannot be encoded");
+                    continue;
+                }
+            };
+            if let Err(e) = self.client.publish(publish.topic, QoS::AtLeastOnce, false, publish.payload).await {
+                log::warn!(error:% = e, device:% = device; "command publish failed");
+                self.stats.count("publish_failed");
+                return Ok(());
+            }
+            self.store.command_sent(&command.key).await?;
+            self.stats.count("command_sent");
+            log::info!(device:% = device, id, command = command.command.as_str(); "command sent");
         }
         Ok(())
     }
