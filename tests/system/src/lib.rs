@@ -775,3 +775,26 @@ pub fn people() -> Vec<(String, PathBuf)> {
         .map(|(path, identity)| (identity.replace('_', " "), faces.join(path)))
         .collect()
 }
+
+/// A rustls client configuration (ring) for an MQTT client holding the
+/// certificate `facegate-daemon provision` wrote into `sync_dir`: trusts the
+/// provisioned CA, presents the device certificate.
+pub fn device_tls(sync_dir: &Path) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(sync_dir.join("ca.pem")).unwrap() {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(sync_dir.join("device.crt")).unwrap().map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(sync_dir.join("device.key")).unwrap();
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap(),
+    )
+}

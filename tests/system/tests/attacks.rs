@@ -5,10 +5,10 @@
 //! broken signature), a replay of a genuine enrollment after the person was
 //! removed, a genuine-key delta after a gap, an oversized payload, a forged
 //! wipe command, and garbage on every topic. Nothing may be applied; each
-//! rejection must be logged and counted; the kiosk must go on syncing.
+//! rejection must be logged and counted; the kiosk must go on syncing, and
+//! take the genuine commands (resync, rotate key, wipe) the admin API sends.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -16,11 +16,14 @@ use facegate_protocol::{
     Command, DeltaBatch, DeltaOp, DeviceId, Down, DownMessage, IdentityId, IdentityRecord, ShardId, SigningKey,
     TemplateRecord, encode_signed, topics,
 };
-use facegate_system_tests::{Broker, Central, Database, Kiosk, Work, live_clip, people, sample, serial, wait_for};
+use facegate_system_tests::{
+    Broker, Central, Database, Kiosk, Work, device_tls, live_clip, people, sample, serial, wait_for,
+};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
+use serde_json::json;
 
 /// An MQTT client holding a provisioned device's certificate.
 struct Intruder {
@@ -31,23 +34,8 @@ struct Intruder {
 
 impl Intruder {
     fn connect(sync_dir: &std::path::Path, id: &str, port: u16) -> Self {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in CertificateDer::pem_file_iter(sync_dir.join("ca.pem")).unwrap() {
-            roots.add(ca.unwrap()).unwrap();
-        }
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(sync_dir.join("device.crt")).unwrap().map(Result::unwrap).collect();
-        let key = PrivateKeyDer::from_pem_file(sync_dir.join("device.key")).unwrap();
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap();
         let mut options = MqttOptions::new(id, "localhost", port);
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))));
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(device_tls(sync_dir))));
         options.set_max_packet_size(Some(4 * 1024 * 1024));
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let (client, mut events) = AsyncClient::new(options, 64);
@@ -200,5 +188,25 @@ fn forged_replayed_gapped_oversized_and_garbage_messages_change_nothing() {
     wait_for("the next genuine delta at door-1", Duration::from_secs(30), || {
         (kiosk.identities() == Some(1)).then_some(())
     });
+
+    // Genuine commands from the admin API are taken, in order.
+    let command = |name: &str| {
+        let (status, body) = api.call("POST", "/v1/devices/door-1/commands", Some(json!({ "command": name })));
+        assert_eq!(status, 202, "{name}: {body}");
+        let id = body["id"].as_i64().unwrap();
+        wait_for(&format!("door-1 to take {name}"), Duration::from_secs(30), || {
+            let (_, device) = api.call("GET", "/v1/devices/door-1", None);
+            let taken = device["commands"].as_array()?.iter().any(|c| c["id"] == id && c["state"] == "taken");
+            taken.then_some(())
+        });
+    };
+    let (status, body) = api.call("POST", "/v1/devices/door-1/commands", Some(json!({ "command": "format-disk" })));
+    assert_eq!(status, 400, "{body}");
+    command("resync");
+    command("rotate_key");
+    assert_eq!(kiosk.identities(), Some(1), "the gallery did not survive the key rotation");
+    command("wipe");
+    wait_for("the wipe", Duration::from_secs(30), || (kiosk.identities() == Some(0)).then_some(()));
+    assert!(kiosk.sync_dir().join("wiped").exists(), "no wipe marker");
     kiosk.stop();
 }
