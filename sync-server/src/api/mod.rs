@@ -20,6 +20,7 @@ use crate::engine::{Actor, Engine};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 
+mod devices;
 mod error;
 mod extract;
 mod handlers;
@@ -238,6 +239,7 @@ async fn fallback(method: Method, uri: axum::http::Uri) -> ApiError {
 
 /// The router with every route of [`ROUTES`].
 pub fn router(state: AppState) -> Router {
+    use devices::*;
     use handlers::*;
     let upload_limit = state.limits.upload_bytes;
     Router::new()
