@@ -249,6 +249,27 @@ impl DevDatabase {
     }
 }
 
+/// Where tests point their servers: `FACEGATE_MONGODB_URI` when set (a real
+/// MongoDB replica set), else a jongodb process of their own, stopped when
+/// this drops.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub uri: String,
+    _process: Option<DevDatabase>,
+}
+
+impl TestDatabase {
+    pub fn start() -> Result<Self, DevDbError> {
+        match std::env::var("FACEGATE_MONGODB_URI") {
+            Ok(uri) if !uri.is_empty() => Ok(Self { uri, _process: None }),
+            _ => {
+                let db = DevDatabase::start(false)?;
+                Ok(Self { uri: db.uri(), _process: Some(db) })
+            }
+        }
+    }
+}
+
 impl Drop for DevDatabase {
     fn drop(&mut self) {
         self.stop();

@@ -15,7 +15,7 @@ use facegate_sync_server::app::{self, App};
 use facegate_sync_server::auth::Role;
 use facegate_sync_server::config::Config;
 use facegate_sync_server::crypto::{PhotoCipher, hex, random_bytes};
-use facegate_sync_server::devdb::DevDatabase;
+use facegate_sync_server::devdb::TestDatabase;
 use facegate_sync_server::readiness::Readiness;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -24,19 +24,8 @@ pub const SECRET: &[u8] = b"test-secret-0123456789-abcdefghijklmnop";
 
 /// The database for this test: `FACEGATE_MONGODB_URI` when set, else a
 /// fresh jongodb process (stopped when the guard drops).
-pub struct Database {
-    pub uri: String,
-    _process: Option<DevDatabase>,
-}
-
-pub fn database() -> Database {
-    match std::env::var("FACEGATE_MONGODB_URI") {
-        Ok(uri) if !uri.is_empty() => Database { uri, _process: None },
-        _ => {
-            let db = DevDatabase::start(false).unwrap_or_else(|e| panic!("cannot start the test database: {e}"));
-            Database { uri: db.uri(), _process: Some(db) }
-        }
-    }
+pub fn database() -> TestDatabase {
+    TestDatabase::start().unwrap_or_else(|e| panic!("cannot start the test database: {e}"))
 }
 
 /// A database name no other test uses.

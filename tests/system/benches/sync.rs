@@ -28,7 +28,7 @@ use facegate_protocol::{
     AuditBatch, AuditEvent, Decision, DeltaBatch, DeviceId, Down, DownMessage, LivenessVerdict, ShardId, SigningKey,
     StageMillis, TrustedKeys, Up, UpMessage, decode_verified, encode, topics,
 };
-use facegate_system_tests::{Broker, Central, Database, Work, audit_seqs_exactly_once, binary, device_tls, live_clip};
+use facegate_system_tests::{Broker, Central, Work, audit_seqs_exactly_once, binary, database, device_tls, live_clip};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -307,7 +307,7 @@ fn main() {
     let mut figures = Figures { lines: Vec::new() };
     for broker in brokers {
         let work = Work::new(&format!("bench-sync-{broker:?}").to_lowercase());
-        let db = Database::start();
+        let db = database();
         let mut central = Central::start(work.path(), &db, broker);
         let api = central.api.clone();
         api.create_group("lobby");

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use facegate_sync_server::auth::{Role, TokenKeys};
-use facegate_sync_server::devdb::DevDatabase;
+use facegate_sync_server::devdb::TestDatabase;
 use serde_json::{Value, json};
 
 /// The repository's root.
@@ -304,22 +304,8 @@ impl Api {
 
 /// The database the servers of one test share: `FACEGATE_MONGODB_URI` when
 /// set, else a jongodb process of its own (stopped when dropped).
-#[derive(Debug)]
-pub struct Database {
-    pub uri: String,
-    _process: Option<DevDatabase>,
-}
-
-impl Database {
-    pub fn start() -> Self {
-        match std::env::var("FACEGATE_MONGODB_URI") {
-            Ok(uri) if !uri.is_empty() => Self { uri, _process: None },
-            _ => {
-                let db = DevDatabase::start(false).unwrap_or_else(|e| panic!("cannot start the test database: {e}"));
-                Self { uri: db.uri(), _process: Some(db) }
-            }
-        }
-    }
+pub fn database() -> TestDatabase {
+    TestDatabase::start().unwrap_or_else(|e| panic!("cannot start the test database: {e}"))
 }
 
 /// Which broker carries the sync traffic.
@@ -351,7 +337,7 @@ impl Central {
     /// Writes the configuration and starts the server (not yet the
     /// mosquitto broker: its ACL is generated from the registered devices,
     /// see [`Central::start_broker`]).
-    pub fn start(work: &Path, db: &Database, broker: Broker) -> Self {
+    pub fn start(work: &Path, db: &TestDatabase, broker: Broker) -> Self {
         let dir = work.join("central");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("photo.key"), facegate_sync_server::crypto::random_bytes::<32>().unwrap()).unwrap();

@@ -17,7 +17,7 @@ use facegate_protocol::{
     TemplateRecord, encode_signed, topics,
 };
 use facegate_system_tests::{
-    Broker, Central, Database, Kiosk, Work, device_tls, live_clip, people, sample, serial, wait_for,
+    Broker, Central, Kiosk, Work, database, device_tls, live_clip, people, sample, serial, wait_for,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
@@ -100,7 +100,7 @@ fn upsert(shard: &ShardId, base_seq: u64, seq: u64) -> DeltaBatch {
 fn forged_replayed_gapped_oversized_and_garbage_messages_change_nothing() {
     let _serial = serial();
     let work = Work::new("attacks");
-    let db = Database::start();
+    let db = database();
     let mut central = Central::start(work.path(), &db, Broker::Embedded);
     let api = central.api.clone();
     api.create_group("lobby");

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use facegate_system_tests::{
-    Api, Broker, Central, Database, Kiosk, Work, audit_seqs_exactly_once, live_clip, people, serial, wait_for,
+    Api, Broker, Central, Kiosk, Work, audit_seqs_exactly_once, database, live_clip, people, serial, wait_for,
     walk_up_clip,
 };
 use serde_json::Value;
@@ -84,7 +84,7 @@ fn converged(api: &Api, kiosk: &Kiosk, groups: &[&str]) -> bool {
 fn site(broker: Broker) {
     let _serial = serial();
     let work = Work::new(&format!("fleet-{broker:?}").to_lowercase());
-    let db = Database::start();
+    let db = database();
     let mut central = Central::start(work.path(), &db, broker);
     let api = central.api.clone();
     api.create_group("lobby");
