@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use facegate_system_tests::{
-    Api, Process, Relay, audit_seqs_exactly_once, binary, demo_ready_line, free_port, live_clip, metric, repo, serial,
+    Api, Kiosk, Process, Relay, audit_seqs_exactly_once, binary, demo_ready_line, free_port, live_clip, repo, serial,
     wait_for, walk_up_clip,
 };
 use serde_json::{Value, json};
@@ -48,47 +48,14 @@ fn start_server(work: &Path) -> Server {
     Server { _process: process, api }
 }
 
-fn start_daemon(work: &Path, metrics_port: u16, clip: &Path) -> Process {
-    let config = format!(
-        r#"[device]
-id = "door-1"
-
-[models]
-dir = "{models}"
-
-[source]
-kind = "replay"
-path = "{clip}"
-fps = 12.5
-repeat = true
-
-[gallery]
-db = "{db}"
-
-[decision]
-cooldown-ms = 1000
-
-[http]
-listen = "127.0.0.1:{metrics_port}"
-
-[sync]
-dir = "{sync}"
-"#,
-        models = repo().join("models").display(),
-        clip = clip.display(),
-        db = work.join("db").display(),
-        sync = work.join("sync").display(),
-    );
-    let path = work.join("daemon.toml");
-    std::fs::write(&path, config).unwrap();
-    let child = Command::new(binary("facegate-daemon"))
-        .args(["run", "--config", path.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    Process::from_child("facegate-daemon", child)
+/// The demo server with the lobby group and door-1 registered and
+/// provisioned (replaying `clip`); answers the token it used.
+fn one_door(work: &Path, clip: &Path) -> (Server, Kiosk, String) {
+    let server = start_server(work);
+    server.api.create_group("lobby");
+    let token = server.api.add_device("door-1", &["lobby"]);
+    let kiosk = Kiosk::provision(work, &server.api.url, "door-1", &token, clip, 12.5);
+    (server, kiosk, token)
 }
 
 #[test]
@@ -96,33 +63,25 @@ fn an_enrollment_reaches_the_kiosk_and_its_decisions_reach_the_server_exactly_on
     let _serial = serial();
     let work = facegate_system_tests::Work::new("system");
     let work = work.path();
-    let server = start_server(work);
+    let clip = live_clip();
+    let (server, mut kiosk, token) = one_door(work, &clip);
     let api = &server.api;
-    api.create_group("lobby");
-    let token = api.add_device("door-1", &["lobby"]);
 
     // Provisioning: the token works once.
-    let provision = |dir: &Path| {
-        Command::new(binary("facegate-daemon"))
-            .args(["provision", "--server", &api.url, "--token", &token, "--dir", dir.to_str().unwrap()])
-            .output()
-            .unwrap()
-    };
-    let out = provision(&work.join("sync"));
-    assert!(out.status.success(), "provision: {}", String::from_utf8_lossy(&out.stderr));
-    let again = provision(&work.join("sync-again"));
+    let again = Command::new(binary("facegate-daemon"))
+        .args(["provision", "--server", &api.url, "--token", &token, "--dir", work.join("again").to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!again.status.success(), "a used provisioning token was accepted twice");
 
     // Enroll centrally, from two frames of the clip the kiosk will see.
-    let clip = live_clip();
     let (status, body) = api.enroll("Cap Person", "lobby", &[clip.join("002.jpg"), clip.join("009.jpg")]);
     assert_eq!(status, 201, "enrollment: {body}");
     let identity = body["id"].as_str().unwrap().to_owned();
 
-    let metrics_port = free_port();
-    let daemon = start_daemon(work, metrics_port, &clip);
+    kiosk.start();
     wait_for("the delta to reach the kiosk's gallery", Duration::from_secs(180), || {
-        metric(metrics_port, "facegate_gallery_identities").filter(|&n| n >= 1.0)
+        kiosk.identities().filter(|&n| n >= 1)
     });
     let grants = wait_for("a grant audited at the server", Duration::from_secs(180), || {
         let events = api.audit("door-1");
@@ -135,13 +94,10 @@ fn an_enrollment_reaches_the_kiosk_and_its_decisions_reach_the_server_exactly_on
     // Forget: the kiosk drops the person.
     let (status, body) = api.call("DELETE", &format!("/v1/identities/{identity}"), None);
     assert!(status == 200 || status == 204, "forget: {status} {body}");
-    wait_for("the removal to reach the kiosk", Duration::from_secs(120), || {
-        metric(metrics_port, "facegate_gallery_identities").filter(|&n| n == 0.0)
-    });
+    wait_for("the removal to reach the kiosk", Duration::from_secs(120), || kiosk.identities().filter(|&n| n == 0));
 
     // Drain: every decision the kiosk made reaches the server once.
-    let status = daemon.terminate();
-    assert!(status.success(), "the daemon stopped with {status}");
+    kiosk.stop();
     let seqs = audit_seqs_exactly_once(api, "door-1");
     eprintln!("{} audit events delivered, each once", seqs.len());
 }
@@ -151,33 +107,23 @@ fn decisions_made_while_the_broker_is_unreachable_reach_the_server_exactly_once(
     let _serial = serial();
     let work = facegate_system_tests::Work::new("system");
     let work = work.path();
-    let server = start_server(work);
+    // The person walks up again and again: the clip, then a second of empty
+    // frames (the track ends), over and over.
+    let clip = walk_up_clip(work, 14);
+    let (server, mut kiosk, _) = one_door(work, &clip);
     let api = &server.api;
-    api.create_group("lobby");
-    let token = api.add_device("door-1", &["lobby"]);
-    let sync = work.join("sync");
-    let out = Command::new(binary("facegate-daemon"))
-        .args(["provision", "--server", &api.url, "--token", &token, "--dir", sync.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "provision: {}", String::from_utf8_lossy(&out.stderr));
     let live = live_clip();
     let (status, body) = api.enroll("Cap Person", "lobby", &[live.join("002.jpg"), live.join("009.jpg")]);
     assert_eq!(status, 201, "enrollment: {body}");
 
     // The kiosk reaches the broker through the relay.
-    let answer = sync.join("provisioned.json");
+    let answer = kiosk.sync_dir().join("provisioned.json");
     let mut provisioned: Value = serde_json::from_slice(&std::fs::read(&answer).unwrap()).unwrap();
     let relay = Relay::start(provisioned["mqtt"]["port"].as_u64().unwrap() as u16);
     provisioned["mqtt"]["port"] = json!(relay.port);
     std::fs::write(&answer, serde_json::to_vec(&provisioned).unwrap()).unwrap();
 
-    // The person walks up again and again: the clip, then a second of empty
-    // frames (the track ends), over and over.
-    let clip = walk_up_clip(work, 14);
-
-    let metrics_port = free_port();
-    let daemon = start_daemon(work, metrics_port, &clip);
+    kiosk.start();
     wait_for("the first decision stored at the server", Duration::from_secs(180), || {
         (!api.audit("door-1").is_empty()).then_some(())
     });
@@ -185,22 +131,21 @@ fn decisions_made_while_the_broker_is_unreachable_reach_the_server_exactly_once(
     // Cut the network: the kiosk keeps deciding, into its outbox.
     relay.cut();
     wait_for("the kiosk to notice the outage", Duration::from_secs(60), || {
-        metric(metrics_port, "facegate_sync_connected").filter(|&c| c == 0.0)
+        kiosk.metric("facegate_sync_connected").filter(|&c| c == 0.0)
     });
     let stored_before = api.audit("door-1").len();
     wait_for("decisions made offline", Duration::from_secs(120), || {
-        metric(metrics_port, "facegate_outbox_depth").filter(|&d| d >= 2.0)
+        kiosk.metric("facegate_outbox_depth").filter(|&d| d >= 2.0)
     });
     assert_eq!(api.audit("door-1").len(), stored_before, "events reached the server through a cut network");
 
     // Back online: the outbox drains, every event stored once.
     relay.restore();
     wait_for("the outbox to drain", Duration::from_secs(120), || {
-        metric(metrics_port, "facegate_outbox_depth").filter(|&d| d == 0.0)
+        kiosk.metric("facegate_outbox_depth").filter(|&d| d == 0.0)
     });
-    let made = facegate_system_tests::decisions(metrics_port).unwrap() as u64;
-    let status = daemon.terminate();
-    assert!(status.success(), "the daemon stopped with {status}");
+    let made = kiosk.decisions().unwrap();
+    kiosk.stop();
     let stored = audit_seqs_exactly_once(api, "door-1").len() as u64;
     assert!(stored >= made, "{made} decisions drained, only {stored} stored");
     eprintln!(
