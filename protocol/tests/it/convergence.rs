@@ -472,6 +472,18 @@ impl World {
             && self.device.is_idle()
     }
 
+    /// A world that connects, takes `steps`, then heals; checked.
+    fn healed_after(steps: Vec<Step>) -> Self {
+        let mut world = Self::new();
+        world.step(Step::Connect);
+        for step in steps {
+            world.step(step);
+        }
+        world.heal();
+        world.check();
+        world
+    }
+
     /// The network heals: the device stays connected, nothing is lost or
     /// reordered any more, and time passes until everything is settled.
     fn heal(&mut self) -> usize {
@@ -521,13 +533,7 @@ proptest! {
 
     #[test]
     fn device_and_server_converge_over_a_lossy_network(steps in proptest::collection::vec(step(), 0..250)) {
-        let mut world = World::new();
-        world.step(Step::Connect);
-        for step in steps {
-            world.step(step);
-        }
-        world.heal();
-        world.check();
+        let mut world = World::healed_after(steps);
         // A further enrollment after healing reaches the device too.
         world.step(Step::Enroll { shard: 0, person: 99 });
         world.step(Step::Decide);
@@ -587,13 +593,7 @@ fn the_random_runs_take_every_hard_path() {
     let (mut snapshots, mut duplicates, mut failed_applies, mut failed_stores, mut applies) = (0, 0, 0, 0, 0);
     for _ in 0..40 {
         let steps = strategy.new_tree(&mut runner).unwrap().current();
-        let mut world = World::new();
-        world.step(Step::Connect);
-        for step in steps {
-            world.step(step);
-        }
-        world.heal();
-        world.check();
+        let world = World::healed_after(steps);
         snapshots += world.kiosk.snapshots;
         applies += world.kiosk.applies;
         failed_applies += world.kiosk.failed_applies;
