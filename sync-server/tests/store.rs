@@ -34,7 +34,7 @@ async fn concurrent_appends_are_distinct_and_gap_free(stores: &[Store], writers:
                 let mut seqs = Vec::new();
                 for i in 0..appends {
                     let entry =
-                        DeltaEntry { kind: DeltaKind::Upsert, identity: format!("id-r{r}w{w}n{i}"), version: 1 };
+                        DeltaEntry { kind: DeltaKind::Remove, identity: format!("id-r{r}w{w}n{i}"), version: 1 };
                     seqs.extend(store.append_deltas(&shard, &[entry]).await.unwrap());
                 }
                 seqs
@@ -54,7 +54,9 @@ async fn concurrent_appends_are_distinct_and_gap_free(stores: &[Store], writers:
 
     let batch = stores[0].read_deltas_after(&shard, 0, 10_000).await.unwrap().unwrap();
     assert_eq!((batch.base_seq, batch.seq, batch.ops.len()), (0, total as u64, total as usize));
-    // None of these identities exists, so every entry reads as a Remove.
+    // Removals of identities that do not exist read as they are. (Upserts
+    // would be held back until their identity is visible: see
+    // an_upsert_ahead_of_its_identity_is_held_not_published_as_a_removal.)
     assert!(batch.ops.iter().all(|op| matches!(op, DeltaOp::Remove { .. })));
     let tail = stores[last].read_deltas_after(&shard, total as u64 - 5, 10_000).await.unwrap().unwrap();
     assert_eq!((tail.base_seq, tail.seq), (total as u64 - 5, total as u64));
@@ -116,4 +118,38 @@ async fn a_devices_applied_seq_only_moves_forward() {
     assert_eq!(door.get_document("applied").unwrap().get_i64("lobby").unwrap(), 6);
     let missing = store.record_device_applied("door-404", "lobby", 1).await;
     assert!(matches!(missing, Err(StoreError::NotFound { .. })), "{missing:?}");
+}
+
+/// A delta entry read before the identity state it announces (jongodb shows
+/// a commit one collection at a time) is held back, not published as a
+/// `Remove`; a later entry for the same identity, or the settle time, ends
+/// the hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upsert_ahead_of_its_identity_is_held_not_published_as_a_removal() {
+    use facegate_sync_server::store::deltas::SETTLE_MS;
+    use facegate_sync_server::store::now_millis;
+    let db = database();
+    let store = connect(&db.uri, &fresh_name()).await;
+    let lobby = ShardId::new("lobby").unwrap();
+    let deltas = store.database().collection::<Document>("deltas");
+    let entry = |seq: i64, kind: &str, identity: &str, at: i64| {
+        doc! { "_id": format!("lobby:{seq}"), "shard": "lobby", "seq": seq, "kind": kind, "identity": identity, "version": 1, "at": at }
+    };
+    deltas.insert_one(entry(1, "upsert", "id-new", now_millis())).await.unwrap();
+    assert_eq!(
+        store.read_deltas_after(&lobby, 0, 100).await.unwrap(),
+        None,
+        "published before the identity was visible"
+    );
+
+    // Forgotten since (a later Remove): the Remove it becomes is right.
+    deltas.insert_one(entry(2, "remove", "id-new", now_millis())).await.unwrap();
+    let batch = store.read_deltas_after(&lobby, 0, 100).await.unwrap().unwrap();
+    assert_eq!(batch.seq, 2);
+    assert!(batch.ops.iter().all(|op| matches!(op, DeltaOp::Remove { .. })), "{batch:?}");
+
+    // An old entry is not held for ever.
+    deltas.insert_one(entry(3, "upsert", "id-gone", now_millis() - SETTLE_MS - 1)).await.unwrap();
+    let batch = store.read_deltas_after(&lobby, 2, 100).await.unwrap().unwrap();
+    assert_eq!((batch.base_seq, batch.seq), (2, 3));
 }

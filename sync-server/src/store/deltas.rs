@@ -17,6 +17,10 @@ use mongodb::bson::doc;
 
 use super::{DeltaDoc, DeltaKind, IdentityDoc, Store, StoreError, TemplateDoc, in_transaction, now_millis};
 
+/// How long a delta entry whose identity state is not visible yet is held
+/// back from publication (see `Store::not_yet_visible`).
+pub const SETTLE_MS: i64 = 10_000;
+
 /// Counter name of a shard's delta log.
 pub fn shard_counter(shard: &str) -> String {
     format!("delta:{shard}")
@@ -125,11 +129,51 @@ impl Store {
         wanted.sort_unstable();
         wanted.dedup();
         let states = self.identity_states(&wanted).await?;
+        let now = now_millis();
         let mut ops = Vec::with_capacity(contiguous.len());
+        let mut last = last_contiguous.seq;
         for entry in &contiguous {
+            if self.not_yet_visible(entry, &states, now).await? {
+                log::debug!(shard:% = shard, seq = entry.seq, identity = entry.identity.as_str();
+                    "delta entry ahead of its identity's state: held until the commit is visible");
+                last = entry.seq - 1;
+                break;
+            }
             ops.push(materialize(shard.as_str(), entry, &states)?);
         }
-        Ok(Some(DeltaBatch { shard: shard.clone(), base_seq: after_seq, seq: last_contiguous.seq as u64, ops }))
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(DeltaBatch { shard: shard.clone(), base_seq: after_seq, seq: last as u64, ops }))
+    }
+
+    /// Whether an `Upsert` entry was read before the state it announces:
+    /// the identity absent or at an older version, or without templates,
+    /// and nothing later for it in the shard's log (a later entry means it
+    /// was forgotten or moved since, and the `Remove` it becomes is right).
+    /// MongoDB shows a committed transaction at once; jongodb (the test
+    /// server) shows it one collection at a time for up to about a second,
+    /// and publishing then would hand devices a `Remove` for a new person.
+    /// Held for at most [`SETTLE_MS`] after the entry was written, so an
+    /// identity left without templates does not stop its shard.
+    async fn not_yet_visible(
+        &self,
+        entry: &DeltaDoc,
+        states: &HashMap<String, (IdentityDoc, Vec<TemplateDoc>)>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let complete = match states.get(&entry.identity) {
+            Some((identity, templates)) => identity.version >= entry.version && !templates.is_empty(),
+            None => false,
+        };
+        if entry.kind != DeltaKind::Upsert || complete || now - entry.at >= SETTLE_MS {
+            return Ok(false);
+        }
+        let later = self
+            .deltas()
+            .find_one(doc! { "shard": &entry.shard, "identity": &entry.identity, "seq": { "$gt": entry.seq } })
+            .await?;
+        Ok(later.is_none())
     }
 
     /// Current identity record and templates for each id that still exists.

@@ -472,7 +472,17 @@ impl Handler {
     async fn read_log(&self, shard: &ShardId, after_seq: u64) -> LogRead {
         let read = async {
             let batch = self.store.read_deltas_after(shard, after_seq, RESYNC_PAGE).await?;
-            let head = self.store.shard_head(shard).await?;
+            let mut head = self.store.shard_head(shard).await?;
+            if batch.is_none() && head > after_seq {
+                // Nothing readable although the log goes on: compacted (the
+                // device needs a snapshot), unless the next entry is there
+                // and only held until its commit is visible — then the log
+                // ends at the device's seq for now.
+                let next = self.store.delta_entries_after(shard.as_str(), after_seq, 1).await?;
+                if next.first().is_some_and(|e| e.seq == after_seq as i64 + 1) {
+                    head = after_seq;
+                }
+            }
             Ok::<_, StoreError>((batch, head))
         };
         match read.await {
