@@ -1,7 +1,9 @@
 //! The store against a real MongoDB-protocol server: sequence numbers from
 //! `findOneAndUpdate($inc)` inside transactions never collide, even from two
 //! clients (two server replicas) at once; the schema version is recorded and
-//! a newer one refused; a device's applied seq never moves backwards.
+//! a newer one refused; a device's applied seq never moves backwards; the
+//! delta log is compacted only where no device needs it, and a snapshot
+//! reads a shard page by page.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -13,6 +15,7 @@ use common::{database, fresh_name};
 use facegate_protocol::{DeltaOp, ShardId};
 use facegate_sync_server::store::deltas::DeltaEntry;
 use facegate_sync_server::store::{DeltaKind, Store, StoreError};
+use futures_util::TryStreamExt;
 use mongodb::bson::{Document, doc};
 
 async fn connect(uri: &str, name: &str) -> Store {
@@ -152,4 +155,111 @@ async fn an_upsert_ahead_of_its_identity_is_held_not_published_as_a_removal() {
     deltas.insert_one(entry(3, "upsert", "id-gone", now_millis() - SETTLE_MS - 1)).await.unwrap();
     let batch = store.read_deltas_after(&lobby, 2, 100).await.unwrap().unwrap();
     assert_eq!((batch.base_seq, batch.seq), (2, 3));
+}
+
+/// A device document as the provisioning code writes it, with the seq it
+/// has applied on `lobby`.
+fn device(id: &str, state: &str, applied: Option<i64>) -> Document {
+    let applied = applied.map_or_else(Document::new, |seq| doc! { "lobby": seq });
+    doc! { "_id": id, "name": id, "groups": ["lobby"], "state": state, "token_hash": null, "token_expires_at": null,
+    "created_at": 0_i64, "provisioned_at": 0_i64, "revoked_at": null, "applied": applied, "last_seen": null,
+    "online": false, "model_id": null, "software_version": null }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_compacted_below_what_every_active_device_applied_or_what_aged_out_never_past_the_publisher() {
+    use facegate_sync_server::store::now_millis;
+    let db = database();
+    let store = connect(&db.uri, &fresh_name()).await;
+    let lobby = ShardId::new("lobby").unwrap();
+    let now = now_millis();
+    let hours = |h: i64| h * 3_600_000;
+    let deltas = store.database().collection::<Document>("deltas");
+    // Entries 1..=7 written two hours ago, 8..=10 now.
+    for seq in 1..=10_i64 {
+        let at = if seq <= 7 { now - hours(2) } else { now };
+        deltas
+            .insert_one(doc! { "_id": format!("lobby:{seq}"), "shard": "lobby", "seq": seq, "kind": "remove",
+            "identity": format!("id-{seq}"), "version": 1, "at": at })
+            .await
+            .unwrap();
+    }
+    let devices = store.database().collection::<Document>("devices");
+    devices.insert_one(device("door-1", "active", Some(5))).await.unwrap();
+    devices.insert_one(device("door-2", "active", Some(7))).await.unwrap();
+    // Neither a revoked device nor one not provisioned yet holds the log back.
+    devices.insert_one(device("door-old", "revoked", Some(1))).await.unwrap();
+    devices.insert_one(device("door-new", "pending", None)).await.unwrap();
+    let remaining = || async {
+        let left: Vec<Document> = deltas.find(doc! { "shard": "lobby" }).await.unwrap().try_collect().await.unwrap();
+        let mut seqs: Vec<i64> = left.iter().map(|d| d.get_i64("seq").unwrap()).collect();
+        seqs.sort_unstable();
+        seqs
+    };
+
+    // Nothing is older than a day: up to what door-1 (the slowest) applied.
+    let done = store.compact_delta_log(&lobby, 9, hours(24), now).await.unwrap();
+    assert_eq!((done.floor, done.deleted), (5, 5));
+    assert_eq!(remaining().await, vec![6, 7, 8, 9, 10]);
+    assert_eq!(store.read_deltas_after(&lobby, 5, 100).await.unwrap().unwrap().seq, 10);
+    assert_eq!(store.read_deltas_after(&lobby, 3, 100).await.unwrap(), None, "a compacted start reads as nothing");
+
+    // Older than an hour goes even though door-1 has not applied it.
+    let done = store.compact_delta_log(&lobby, 9, hours(1), now).await.unwrap();
+    assert_eq!((done.floor, done.deleted), (7, 2));
+
+    // A device at a seq that is already gone: nothing more to compact.
+    devices.insert_one(device("door-3", "active", Some(0))).await.unwrap();
+    let done = store.compact_delta_log(&lobby, 9, hours(1), now).await.unwrap();
+    assert_eq!((done.floor, done.deleted), (7, 0));
+
+    // Every device up to date: all of it, but never past the publisher.
+    devices.update_many(doc! {}, doc! { "$set": { "applied.lobby": 10_i64 } }).await.unwrap();
+    let done = store.compact_delta_log(&lobby, 9, hours(24), now).await.unwrap();
+    assert_eq!((done.floor, done.deleted), (9, 2));
+    assert_eq!(remaining().await, vec![10], "an unpublished entry was compacted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_reads_every_identity_of_its_shard_page_by_page_labelled_with_the_published_seq() {
+    use facegate_sync_server::store::binary;
+    let db = database();
+    let store = connect(&db.uri, &fresh_name()).await;
+    let lobby = ShardId::new("lobby").unwrap();
+    let identities = store.database().collection::<Document>("identities");
+    let templates = store.database().collection::<Document>("templates");
+    for i in 0..23 {
+        let groups = if i % 4 == 3 { vec!["lab"] } else { vec!["lobby", "lab"] };
+        identities
+            .insert_one(doc! { "_id": format!("id-{i:02}"), "name": format!("person {i}"), "valid_from": null,
+            "valid_until": null, "groups": groups, "version": 1_i64, "created_at": 0_i64, "updated_at": 0_i64,
+            "created_by": "test" })
+            .await
+            .unwrap();
+        for t in 0..(1 + i % 3) {
+            templates
+                .insert_one(doc! { "_id": format!("tp-{i:02}-{t}"), "identity": format!("id-{i:02}"),
+                "model_id": "m", "vector": binary(vec![i as u8, t as u8, 0, 0]), "photo": "ph", "created_at": 0_i64 })
+                .await
+                .unwrap();
+        }
+    }
+    store
+        .database()
+        .collection::<Document>("counters")
+        .insert_one(doc! { "_id": "delta:lobby", "seq": 9_i64 })
+        .await
+        .unwrap();
+    store.record_published(&lobby, 4, "test").await.unwrap();
+
+    let (label, entries) = store.shard_snapshot_paged(&lobby, 5).await.unwrap();
+    assert_eq!(label, 4, "labelled with the publisher's position, not the head");
+    let ids: Vec<String> = entries.iter().map(|e| e.identity.id.to_string()).collect();
+    let expected: Vec<String> = (0..23).filter(|i| i % 4 != 3).map(|i| format!("id-{i:02}")).collect();
+    assert_eq!(ids, expected);
+    for (e, i) in entries.iter().zip((0..23).filter(|i| i % 4 != 3)) {
+        assert_eq!(e.templates.len(), 1 + i % 3, "templates of {}", e.identity.id);
+        assert!(e.templates.iter().all(|t| t.vector[0] == i as u8));
+    }
+    assert_eq!(store.shard_snapshot(&lobby).await.unwrap(), (label, entries), "one page or many, the same");
 }

@@ -10,16 +10,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use facegate_protocol::{DeltaBatch, DeltaOp, IdentityId, IdentityRecord, ShardId, SnapshotEntry, TemplateRecord};
+use facegate_protocol::{
+    DeltaBatch, DeltaOp, IdentityId, IdentityRecord, MAX_TEMPLATES_PER_IDENTITY, ShardId, SnapshotEntry, TemplateRecord,
+};
 use futures_util::TryStreamExt;
 use mongodb::ClientSession;
 use mongodb::bson::doc;
 
-use super::{DeltaDoc, DeltaKind, IdentityDoc, Store, StoreError, TemplateDoc, in_transaction, now_millis};
+use super::{DeltaDoc, DeltaKind, DeviceDoc, IdentityDoc, Store, StoreError, TemplateDoc, in_transaction, now_millis};
 
 /// How long a delta entry whose identity state is not visible yet is held
 /// back from publication (see `Store::not_yet_visible`).
 pub const SETTLE_MS: i64 = 10_000;
+
+/// Identities read per page of a snapshot (each page one reply).
+const SNAPSHOT_PAGE: usize = 1000;
 
 /// Counter name of a shard's delta log.
 pub fn shard_counter(shard: &str) -> String {
@@ -203,42 +208,142 @@ impl Store {
             .collect())
     }
 
-    /// Every identity of `shard` with its templates, and the shard's sequence
-    /// number the state corresponds to (read in one snapshot transaction).
+    /// Every identity of `shard` with its templates, and the sequence
+    /// number the device continues from after applying them.
+    ///
+    /// The label is the publisher's position (at most the shard's head), read
+    /// *before* the state: every entry up to it was read by the publisher with
+    /// its identity state visible, so the state read afterwards includes it.
+    /// The state may also include later changes; the deltas after the label
+    /// then re-apply them, and since each delta carries an identity's
+    /// current state (or its removal) the device converges on the head. No
+    /// transaction: a 100k-template shard is read in pages of single
+    /// replies, under MongoDB's transaction time limit or not.
     pub async fn shard_snapshot(&self, shard: &ShardId) -> Result<(u64, Vec<SnapshotEntry>), StoreError> {
-        in_transaction!(self, |session| self.shard_snapshot_in(session, shard).await)
+        self.shard_snapshot_paged(shard, SNAPSHOT_PAGE).await
     }
 
-    async fn shard_snapshot_in(
+    /// [`Store::shard_snapshot`], `page` identities per read (tests use small pages).
+    pub async fn shard_snapshot_paged(
         &self,
-        session: &mut ClientSession,
         shard: &ShardId,
+        page: usize,
     ) -> Result<(u64, Vec<SnapshotEntry>), StoreError> {
-        let head = self
-            .counters()
-            .find_one(doc! { "_id": shard_counter(shard.as_str()) })
-            .session(&mut *session)
-            .await?
-            .and_then(|d| d.get_i64("seq").ok())
-            .unwrap_or(0);
-        let mut cursor = self.identities().find(doc! { "groups": shard.as_str() }).session(&mut *session).await?;
-        let mut identities = Vec::new();
-        while let Some(i) = cursor.next(&mut *session).await.transpose()? {
-            identities.push(i);
+        let page = page.clamp(1, 10_000);
+        let label = self.published_seq(shard).await?.min(self.shard_head(shard).await?);
+        let mut entries = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut filter = doc! { "groups": shard.as_str() };
+            if let Some(after) = &after {
+                filter.insert("_id", doc! { "$gt": after });
+            }
+            let identities: Vec<IdentityDoc> = self
+                .identities()
+                .find(filter)
+                .sort(doc! { "_id": 1 })
+                .limit(page as i64)
+                .batch_size(page as u32)
+                .await?
+                .try_collect()
+                .await?;
+            let Some(last) = identities.last() else { break };
+            after = Some(last.id.clone());
+            let ids: Vec<&str> = identities.iter().map(|i| i.id.as_str()).collect();
+            let most = (ids.len() * MAX_TEMPLATES_PER_IDENTITY) as i64;
+            let templates: Vec<TemplateDoc> = self
+                .templates()
+                .find(doc! { "identity": { "$in": ids } })
+                .sort(doc! { "_id": 1 })
+                .limit(most)
+                .batch_size(most as u32)
+                .await?
+                .try_collect()
+                .await?;
+            let mut by_identity: HashMap<String, Vec<TemplateDoc>> = HashMap::new();
+            for t in templates {
+                by_identity.entry(t.identity.clone()).or_default().push(t);
+            }
+            let full = identities.len() == page;
+            for i in identities {
+                let templates = by_identity.remove(&i.id).unwrap_or_default();
+                entries.push(SnapshotEntry { identity: record(&i)?, templates: template_records(&templates) });
+            }
+            if !full {
+                break;
+            }
         }
-        let ids: Vec<&str> = identities.iter().map(|i| i.id.as_str()).collect();
-        let mut cursor = self.templates().find(doc! { "identity": { "$in": ids } }).session(&mut *session).await?;
-        let mut by_identity: BTreeMap<String, Vec<TemplateDoc>> = BTreeMap::new();
-        while let Some(t) = cursor.next(&mut *session).await.transpose()? {
-            by_identity.entry(t.identity.clone()).or_default().push(t);
-        }
-        let mut entries = Vec::with_capacity(identities.len());
-        for i in identities {
-            let templates = by_identity.remove(&i.id).unwrap_or_default();
-            entries.push(SnapshotEntry { identity: record(&i)?, templates: template_records(&templates) });
-        }
-        Ok((head.max(0) as u64, entries))
+        Ok((label, entries))
     }
+
+    /// The last seq of `shard` the publisher has published (0: none yet).
+    pub async fn published_seq(&self, shard: &ShardId) -> Result<u64, StoreError> {
+        let stored = self.published().find_one(doc! { "_id": shard.as_str() }).await?;
+        Ok(stored.map_or(0, |d| d.get_i64("seq").or_else(|_| d.get_i32("seq").map(i64::from)).unwrap_or(0)).max(0)
+            as u64)
+    }
+
+    /// Records that the publisher `by` has published `shard` up to `seq`.
+    pub async fn record_published(&self, shard: &ShardId, seq: u64, by: &str) -> Result<(), StoreError> {
+        let value = i64::try_from(seq).unwrap_or(i64::MAX);
+        self.published()
+            .update_one(doc! { "_id": shard.as_str() }, doc! { "$set": { "seq": value, "by": by, "at": now_millis() } })
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the log entries of `shard` that no device needs any more:
+    /// published, and either applied by every active device of the shard or
+    /// older than `max_age_ms`. A device behind what is left gets a snapshot
+    /// when it resyncs. Only the publisher calls this (it passes its position).
+    pub async fn compact_delta_log(
+        &self,
+        shard: &ShardId,
+        published: u64,
+        max_age_ms: i64,
+        now: i64,
+    ) -> Result<Compaction, StoreError> {
+        let devices: Vec<DeviceDoc> =
+            self.devices().find(doc! { "groups": shard.as_str(), "state": "active" }).await?.try_collect().await?;
+        let applied = devices
+            .iter()
+            .map(|d| {
+                let seq =
+                    d.applied.get_i64(shard.as_str()).or_else(|_| d.applied.get_i32(shard.as_str()).map(i64::from));
+                seq.unwrap_or(0).max(0) as u64
+            })
+            .min();
+        let aged = self
+            .deltas()
+            .find_one(doc! { "shard": shard.as_str(), "at": { "$lt": now.saturating_sub(max_age_ms) } })
+            .sort(doc! { "seq": -1 })
+            .await?
+            .map_or(0, |d| d.seq.max(0) as u64);
+        let floor = compaction_floor(published, applied, aged);
+        if floor == 0 {
+            return Ok(Compaction { floor, deleted: 0 });
+        }
+        let floor_i64 = i64::try_from(floor).unwrap_or(i64::MAX);
+        let deleted = self.deltas().delete_many(doc! { "shard": shard.as_str(), "seq": { "$lte": floor_i64 } }).await?;
+        Ok(Compaction { floor, deleted: deleted.deleted_count })
+    }
+}
+
+/// What one compaction of a shard's log did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    /// Entries up to this seq are gone (0: nothing was compacted).
+    pub floor: u64,
+    pub deleted: u64,
+}
+
+/// The highest seq a shard's log may be compacted to: never beyond what is
+/// published; up to the lowest seq every active device has applied (all of
+/// it when the shard has no device: a new one starts from a snapshot), or
+/// further, up to the newest entry older than the age limit.
+pub fn compaction_floor(published: u64, lowest_applied: Option<u64>, newest_aged: u64) -> u64 {
+    lowest_applied.unwrap_or(published).max(newest_aged).min(published)
 }
 
 /// The protocol record of a stored identity.
@@ -269,5 +374,20 @@ fn materialize(
         (DeltaKind::Upsert, Some((identity, templates))) => {
             Ok(DeltaOp::Upsert { identity: record(identity)?, templates: template_records(templates) })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compaction_floor;
+
+    #[test]
+    fn the_floor_follows_the_slowest_device_or_the_age_limit_and_never_passes_the_publisher() {
+        assert_eq!(compaction_floor(10, Some(4), 0), 4, "the slowest active device");
+        assert_eq!(compaction_floor(10, Some(4), 7), 7, "aged out although a device lags");
+        assert_eq!(compaction_floor(10, Some(12), 0), 10, "devices ahead of the publisher");
+        assert_eq!(compaction_floor(10, Some(4), 15), 10, "aged but unpublished");
+        assert_eq!(compaction_floor(10, None, 0), 10, "no device: a new one starts from a snapshot");
+        assert_eq!(compaction_floor(0, Some(3), 3), 0, "nothing published, nothing compacted");
     }
 }

@@ -276,6 +276,10 @@ impl Store {
     pub(crate) fn counters(&self) -> Collection<Document> {
         self.db.collection("counters")
     }
+    /// Shard → last delta seq the publisher has published.
+    pub(crate) fn published(&self) -> Collection<Document> {
+        self.db.collection("sync_published")
+    }
     fn meta(&self) -> Collection<Document> {
         self.db.collection("meta")
     }
@@ -311,6 +315,7 @@ impl Store {
         self.devices().create_index(index(doc! { "token_hash": 1 }, "token_hash", false)).await?;
         self.deltas().create_index(index(doc! { "shard": 1, "seq": 1 }, "shard_seq", true)).await?;
         self.deltas().create_index(index(doc! { "identity": 1 }, "identity", false)).await?;
+        self.deltas().create_index(index(doc! { "shard": 1, "at": 1 }, "shard_at", false)).await?;
         self.audit().create_index(index(doc! { "device": 1, "seq": 1 }, "device_seq", true)).await?;
         self.audit().create_index(index(doc! { "at": -1 }, "at", false)).await?;
         self.audit().create_index(index(doc! { "device": 1, "at": -1 }, "device_at", false)).await?;

@@ -84,6 +84,12 @@ pub struct SyncConfig {
     pub max_message_bytes: usize,
     /// Lifetime of a device certificate, in days.
     pub device_certificate_days: u32,
+    /// Delta-log entries older than this are compacted even if a device has
+    /// not applied them (it then resyncs from a snapshot); entries every
+    /// active device has applied go sooner.
+    pub log_max_age_secs: u64,
+    /// Seconds between compactions of each shard's delta log.
+    pub compact_interval_secs: u64,
 }
 
 impl Default for SyncConfig {
@@ -103,6 +109,8 @@ impl Default for SyncConfig {
             publisher_lease_ms: 10_000,
             max_message_bytes: 256 * 1024,
             device_certificate_days: 825,
+            log_max_age_secs: 7 * 24 * 3600,
+            compact_interval_secs: 600,
         }
     }
 }
@@ -131,6 +139,9 @@ impl SyncConfig {
         }
         if !(16 * 1024..=facegate_protocol::Kind::Down.max_bytes()).contains(&self.max_message_bytes) {
             return invalid("sync.max-message-bytes", "must be between 16 KiB and the protocol's down-message limit");
+        }
+        if self.compact_interval_secs == 0 {
+            return invalid("sync.compact-interval-secs", "must be at least 1");
         }
         if !(1..=3650).contains(&self.device_certificate_days) {
             return invalid("sync.device-certificate-days", "must be between 1 and 3650");

@@ -222,6 +222,11 @@ impl SyncService {
                     max_message_bytes: config.max_message_bytes,
                     holding: false,
                     published: HashMap::new(),
+                    retention: Retention {
+                        max_age: Duration::from_secs(config.log_max_age_secs),
+                        interval: Duration::from_secs(config.compact_interval_secs),
+                    },
+                    compacted: HashMap::new(),
                     connected,
                 }
                 .run(Duration::from_millis(config.poll_interval_ms), stopped),
@@ -510,16 +515,22 @@ struct Publisher {
     holding: bool,
     /// Shard → last seq published (as stored in MongoDB), while holding.
     published: HashMap<ShardId, u64>,
+    retention: Retention,
+    /// Shard → when its log was last compacted by this replica.
+    compacted: HashMap<ShardId, Instant>,
     connected: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How long the delta log is kept (see [`Store::compact_delta_log`]).
+#[derive(Debug, Clone, Copy)]
+struct Retention {
+    max_age: Duration,
+    interval: Duration,
 }
 
 impl Publisher {
     fn leases(&self) -> mongodb::Collection<Document> {
         self.store.database().collection("sync_leases")
-    }
-
-    fn positions(&self) -> mongodb::Collection<Document> {
-        self.store.database().collection("sync_published")
     }
 
     async fn run(mut self, interval: Duration, mut stopped: watch::Receiver<bool>) {
@@ -589,6 +600,7 @@ impl Publisher {
                 continue;
             };
             self.publish_shard(&shard).await?;
+            self.compact(&shard).await?;
             // Never hold the lease past half its life without renewing.
             if started.elapsed() > self.lease / 2 {
                 return Ok(());
@@ -626,11 +638,7 @@ impl Publisher {
         if let Some(seq) = self.published.get(shard) {
             return Ok(*seq);
         }
-        let stored = self.positions().find_one(doc! { "_id": shard.as_str() }).await.map_err(StoreError::from)?;
-        let seq = stored
-            .and_then(|d| d.get_i64("seq").ok().or_else(|| d.get_i32("seq").ok().map(i64::from)))
-            .unwrap_or(0)
-            .max(0) as u64;
+        let seq = self.store.published_seq(shard).await?;
         self.published.insert(shard.clone(), seq);
         Ok(seq)
     }
@@ -670,16 +678,27 @@ impl Publisher {
     }
 
     async fn record(&mut self, shard: &ShardId, seq: u64) -> Result<(), StoreError> {
-        let value = i64::try_from(seq).unwrap_or(i64::MAX);
-        self.positions()
-            .update_one(
-                doc! { "_id": shard.as_str() },
-                doc! { "$set": { "seq": value, "by": &self.me, "at": now_millis() } },
-            )
-            .upsert(true)
-            .await
-            .map_err(StoreError::from)?;
+        self.store.record_published(shard, seq, &self.me).await?;
         self.published.insert(shard.clone(), seq);
+        Ok(())
+    }
+
+    /// Compacts `shard`'s delta log when its turn has come (see
+    /// [`Store::compact_delta_log`]).
+    async fn compact(&mut self, shard: &ShardId) -> Result<(), StoreError> {
+        let now = Instant::now();
+        if self.compacted.get(shard).is_some_and(|at| now.duration_since(*at) < self.retention.interval) {
+            return Ok(());
+        }
+        let published = self.position(shard).await?;
+        let max_age = i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX);
+        let done = self.store.compact_delta_log(shard, published, max_age, now_millis()).await?;
+        self.compacted.insert(shard.clone(), now);
+        if done.deleted > 0 {
+            self.stats.add("delta_entries_compacted", done.deleted);
+            log::info!(shard:% = shard, up_to_seq = done.floor, entries = done.deleted;
+                "delta log compacted (devices behind it resync from a snapshot)");
+        }
         Ok(())
     }
 }

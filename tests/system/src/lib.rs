@@ -338,6 +338,12 @@ impl Central {
     /// mosquitto broker: its ACL is generated from the registered devices,
     /// see [`Central::start_broker`]).
     pub fn start(work: &Path, db: &TestDatabase, broker: Broker) -> Self {
+        Self::start_with(work, db, broker, "")
+    }
+
+    /// [`Central::start`] with `sync` appended to the `[sync]` section of the
+    /// configuration (e.g. a short delta-log retention).
+    pub fn start_with(work: &Path, db: &TestDatabase, broker: Broker, sync: &str) -> Self {
         let dir = work.join("central");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("photo.key"), facegate_sync_server::crypto::random_bytes::<32>().unwrap()).unwrap();
@@ -373,6 +379,7 @@ broker-port = {mqtt}
 embedded-listen = "127.0.0.1:{mqtt}"
 poll-interval-ms = 100
 publisher-lease-ms = 2000
+{sync}
 "#,
                 uri = db.uri,
                 dir = dir.display(),
