@@ -535,13 +535,15 @@ async fn mosquitto_files(
     let mut names = vec![config.sync.broker_host.clone()];
     names.extend(config.sync.certificate_names.iter().cloned());
     let pki = sync::pki::Pki::load_or_create(&config.sync.state_dir, &names)?;
-    let files = sync::mosquitto::write(&out, &pki, listen, &devices, owner)?;
+    let revoked = store.revoked_certificates().await.map_err(AppError::from)?;
+    let files = sync::mosquitto::write(&out, &pki, listen, &devices, &revoked, owner)?;
     println!(
         "{}",
         serde_json::json!({
             "conf": files.conf,
             "acl": files.acl,
             "devices": devices.len(),
+            "revoked_certificates": revoked.len(),
             "run": format!("mosquitto -c {}", files.conf.display()),
         })
     );

@@ -1,7 +1,7 @@
 //! The mosquitto configuration `facegate-sync-server mosquitto` generates
 //! from the database, run by the real `mosquitto -c FILE` (Debian package
 //! `mosquitto`, installed by tests/setup.sh) on a free loopback port: TLS
-//! with client certificates and per-device ACLs.
+//! with client certificates, a revocation list and per-device ACLs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -66,6 +66,11 @@ fn client(
                 .with_no_client_auth(),
         )
     };
+    connect(name, port, tls)
+}
+
+/// An MQTT client named `name` with `tls`; its events on a channel.
+fn connect(name: &str, port: u16, tls: Arc<rustls::ClientConfig>) -> (AsyncClient, mpsc::UnboundedReceiver<Seen>) {
     let (client, mut eventloop) = AsyncClient::new(mqtt_options(&name.replace(':', "-"), "localhost", port, tls), 64);
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -106,7 +111,7 @@ async fn connected(rx: &mut mpsc::UnboundedReceiver<Seen>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mosquitto_refuses_certless_clients_and_keeps_devices_to_their_own_topics() {
+async fn mosquitto_refuses_certless_and_revoked_clients_and_keeps_devices_to_their_own_topics() {
     let Ok(path) = which_mosquitto() else {
         panic!("mosquitto is not installed: run tests/setup.sh (Debian package mosquitto)");
     };
@@ -117,7 +122,8 @@ async fn mosquitto_refuses_certless_clients_and_keeps_devices_to_their_own_topic
     let lobby = ShardId::new("lobby").unwrap();
 
     // The site's devices, registered as an operator does: A at the lobby, B
-    // with no group, C at the lobby but revoked (left out of the ACL).
+    // with no group, C at the lobby, provisioned, then revoked (left out of
+    // the ACL, its certificate in the revocation list).
     let db = database();
     let db_name = fresh_name();
     let store = Store::connect(&db.uri, &db_name, 2, Duration::from_secs(10), None).await.unwrap();
@@ -145,11 +151,14 @@ async fn mosquitto_refuses_certless_clients_and_keeps_devices_to_their_own_topic
             .output()
             .unwrap()
     };
+    let mut tokens = Vec::new();
     for (id, groups) in [("kiosk-a", "lobby"), ("kiosk-b", ""), ("kiosk-c", "lobby")] {
         let out = server_command(&["devices", "add", id, "--groups", groups]);
         assert!(out.status.success(), "devices add {id}: {}", String::from_utf8_lossy(&out.stderr));
         let added: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert!(added["provisioning_token"].as_str().unwrap().starts_with("fgp_"), "{added}");
+        let token = added["provisioning_token"].as_str().unwrap().to_owned();
+        assert!(token.starts_with("fgp_"), "{added}");
+        tokens.push(token);
     }
     let out = server_command(&["devices", "add", "kiosk-d", "--groups", "no-such-group"]);
     assert_eq!(out.status.code(), Some(65), "{}", String::from_utf8_lossy(&out.stderr));
@@ -158,6 +167,23 @@ async fn mosquitto_refuses_certless_clients_and_keeps_devices_to_their_own_topic
     assert_eq!(out.status.code(), Some(65), "a second kiosk-a: {}", String::from_utf8_lossy(&out.stderr));
     let out = server_command(&["devices", "add", "bad/id"]);
     assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+    // kiosk-c is provisioned as `POST /v1/provision` does it (the token
+    // redeemed with the certificate's serial, then the certificate issued).
+    let pki = Pki::load_or_create(&state_dir, &["localhost".into()]).unwrap();
+    let c = DeviceId::new("kiosk-c").unwrap();
+    let c_key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap().serialize_request(&c_key).unwrap();
+    let serial = facegate_sync_server::sync::pki::new_serial().unwrap();
+    let token_hash =
+        facegate_sync_server::crypto::hex(ring::digest::digest(&ring::digest::SHA256, tokens[2].as_bytes()).as_ref());
+    let hex_serial = facegate_sync_server::crypto::hex(&serial);
+    store.redeem_provisioning_token(&token_hash, &hex_serial).await.unwrap().expect("kiosk-c's token");
+    let c_cert = pki.issue_device_certificate(&c, &csr.pem().unwrap(), 1, &serial).unwrap();
+    let c_files = dir.path().join("kiosk-c");
+    std::fs::create_dir_all(&c_files).unwrap();
+    std::fs::write(c_files.join("cert.pem"), c_cert).unwrap();
+    std::fs::write(c_files.join("key.pem"), c_key.serialize_pem()).unwrap();
+    let c_tls = client_tls(&pki.ca_path(), &c_files.join("cert.pem"), &c_files.join("key.pem")).unwrap();
     store.revoke_device("kiosk-c", &note("device.revoke")).await.unwrap();
 
     let broker_dir = dir.path().join("mosquitto");
@@ -169,6 +195,7 @@ async fn mosquitto_refuses_certless_clients_and_keeps_devices_to_their_own_topic
     assert!(out.status.success(), "facegate-sync-server mosquitto: {}", String::from_utf8_lossy(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["devices"], 2, "{summary}");
+    assert_eq!(summary["revoked_certificates"], 1, "{summary}");
     let acl = std::fs::read_to_string(broker_dir.join("acl")).unwrap();
     assert!(acl.contains("user kiosk-a\ntopic read facegate/v1/shard/lobby/delta"), "{acl}");
     assert!(!acl.contains("kiosk-c"), "a revoked device is in the ACL:\n{acl}");
@@ -176,7 +203,6 @@ async fn mosquitto_refuses_certless_clients_and_keeps_devices_to_their_own_topic
         let (uid, gid) = facegate_sync_server::sync::mosquitto::system_user("mosquitto").unwrap();
         std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
     }
-    let pki = Pki::load_or_create(&state_dir, &["localhost".into()]).unwrap();
     let conf = broker_dir.join("mosquitto.conf");
     let child = Command::new(path).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap();
     let _broker = Broker(child);
@@ -193,6 +219,13 @@ async fn mosquitto_refuses_certless_clients_and_keeps_devices_to_their_own_topic
     match next(&mut anonymous_events).await {
         Seen::Error(e) => eprintln!("cert-less client refused: {e}"),
         _ => panic!("a client without a certificate was let in"),
+    }
+
+    // kiosk-c's genuine certificate, revoked: refused at the handshake.
+    let (_revoked, mut revoked_events) = connect("kiosk-c", port, c_tls);
+    match next(&mut revoked_events).await {
+        Seen::Error(e) => eprintln!("revoked device refused: {e}"),
+        _ => panic!("a device with a revoked certificate was let in"),
     }
 
     let (server, mut server_events) = client(&pki, clients.path(), SERVER_IDENTITY, port, true);

@@ -35,6 +35,7 @@ impl DeviceDoc {
             provisioned_at: None,
             revoked_at: None,
             applied: Document::new(),
+            certificate_serial: None,
             last_seen: None,
             online: false,
             model_id: None,
@@ -133,18 +134,39 @@ impl Store {
     }
 
     /// Uses a one-time provisioning token (by its SHA-256): the pending device
-    /// it belongs to becomes active and the token is void. `None` for an
-    /// unknown, used or expired token.
-    pub async fn redeem_provisioning_token(&self, token_hash: &str) -> Result<Option<DeviceDoc>, StoreError> {
+    /// it belongs to becomes active, the token is void, and `serial` (hex)
+    /// is recorded as its certificate's. `None` for an unknown, used
+    /// or expired token.
+    pub async fn redeem_provisioning_token(
+        &self,
+        token_hash: &str,
+        serial: &str,
+    ) -> Result<Option<DeviceDoc>, StoreError> {
         let now = now_millis();
         Ok(self
             .devices()
             .find_one_and_update(
                 doc! { "token_hash": token_hash, "state": "pending", "token_expires_at": { "$gt": now } },
-                doc! { "$set": { "state": "active", "provisioned_at": now, "token_hash": null } },
+                doc! { "$set": {
+                    "state": "active", "provisioned_at": now, "token_hash": null, "certificate_serial": serial,
+                } },
             )
             .return_document(ReturnDocument::After)
             .await?)
+    }
+
+    /// Every certificate of a revoked device, for the brokers' revocation list.
+    pub async fn revoked_certificates(&self) -> Result<Vec<crate::sync::pki::Revoked>, StoreError> {
+        let revoked: Vec<DeviceDoc> = self.devices().find(doc! { "state": "revoked" }).await?.try_collect().await?;
+        let mut out = Vec::new();
+        for device in revoked {
+            let Some(serial) = &device.certificate_serial else { continue };
+            let serial = crate::crypto::unhex(serial).ok_or_else(|| {
+                StoreError::Corrupt(format!("device {}: certificate serial {serial:?} is not hex", device.id))
+            })?;
+            out.push(crate::sync::pki::Revoked { serial, at_ms: device.revoked_at.unwrap_or(0) });
+        }
+        Ok(out)
     }
 
     /// Records that `device` has applied `shard` up to `seq` (never moves

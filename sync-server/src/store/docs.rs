@@ -87,6 +87,10 @@ pub struct DeviceDoc {
     /// Shard id → highest sequence number the device has applied.
     #[serde(default)]
     pub applied: Document,
+    /// Serial number (hex) of the certificate issued at provisioning (a
+    /// device is provisioned once: only a pending device's token redeems).
+    #[serde(default)]
+    pub certificate_serial: Option<String>,
     pub last_seen: Option<i64>,
     #[serde(default)]
     pub online: bool,

@@ -7,16 +7,21 @@
 //! - a device may publish only on its own `up` and `status` topics, and
 //!   subscribe only to its own `down` topic and its shards' `delta` topics.
 //!
+//! Revoked devices are left out of the ACL and their certificates are in
+//! the CA's revocation list (`crlfile`), so a revoked device cannot even
+//! complete the TLS handshake. mosquitto reads the list when a listener
+//! starts: restart it after a revocation (`SIGHUP` reloads the ACL only).
+//!
 //! mosquitto drops root to its own user: the files are written readable by
-//! the owner given (`mosquitto`). Regenerate the ACL when devices or their
-//! groups change and send mosquitto `SIGHUP`.
+//! the owner given (`mosquitto`). Regenerate the files when devices or
+//! their groups change.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::pki::{Pki, SERVER_IDENTITY};
+use super::pki::{Pki, Revoked, SERVER_IDENTITY};
 
 /// One device's entry of the ACL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +39,8 @@ pub struct MosquittoFiles {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MosquittoError {
+    #[error("revocation list: {0}")]
+    Revocation(#[from] super::pki::PkiError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -86,6 +93,7 @@ pub fn render_conf(dir: &Path, listen: SocketAddr) -> String {
          keyfile {d}/server.key\n\
          require_certificate true\n\
          use_identity_as_username true\n\
+         crlfile {d}/crl.pem\n\
          tls_version tlsv1.2\n",
         max = super::broker::MAX_PACKET_BYTES,
         port = listen.port(),
@@ -121,6 +129,7 @@ pub fn write(
     pki: &Pki,
     listen: SocketAddr,
     devices: &[DeviceAcl],
+    revoked: &[Revoked],
     owner: Option<(u32, u32)>,
 ) -> Result<MosquittoFiles, MosquittoError> {
     let io = |path: &Path| {
@@ -134,6 +143,7 @@ pub fn write(
         (dir.join("server.pem"), std::fs::read(&server_cert).map_err(io(&server_cert))?, 0o444),
         (dir.join("server.key"), std::fs::read(&server_key).map_err(io(&server_key))?, 0o400),
         (dir.join("acl"), render_acl(devices).into_bytes(), 0o444),
+        (dir.join("crl.pem"), pki.revocation_list_pem(revoked)?.into_bytes(), 0o444),
         (dir.join("mosquitto.conf"), render_conf(dir, listen).into_bytes(), 0o444),
     ];
     for (path, bytes, mode) in &files {

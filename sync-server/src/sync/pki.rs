@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use facegate_protocol::{DeviceId, SigningKey};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertificateSigningRequestParams,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber,
 };
 
 /// Common name of the server's own MQTT client certificate. It contains a
@@ -169,13 +170,51 @@ impl Pki {
     }
 
     /// Certifies the key of `csr_pem` as `device` (CN = the device id, client
-    /// authentication only). Whatever subject or names the request asks for
-    /// are ignored.
-    pub fn issue_device_certificate(&self, device: &DeviceId, csr_pem: &str, days: u32) -> Result<String, PkiError> {
+    /// authentication only) with serial number `serial` (from
+    /// [`new_serial`], recorded beforehand so it can be revoked). Whatever
+    /// subject or names the request asks for are ignored.
+    pub fn issue_device_certificate(
+        &self,
+        device: &DeviceId,
+        csr_pem: &str,
+        days: u32,
+        serial: &[u8],
+    ) -> Result<String, PkiError> {
         let csr = parse_csr(csr_pem)?;
         let mut params = leaf_params(device.as_str(), days)?;
+        params.serial_number = Some(SerialNumber::from_slice(serial));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
+    }
+
+    /// The device CA's certificate revocation list naming `revoked`, PEM.
+    /// Valid for ten years: a broker refuses every client once its CRL has
+    /// expired, and the list is rewritten with each ACL anyway.
+    pub fn revocation_list_pem(&self, revoked: &[Revoked]) -> Result<String, PkiError> {
+        let day = |ms: i64| {
+            let (y, m, d) = civil_from_days(ms.div_euclid(86_400_000));
+            rcgen::date_time_ymd(y, m, d)
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now_ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
+        let params = CertificateRevocationListParams {
+            this_update: day(now_ms - 86_400_000),
+            next_update: day(now_ms + 3650 * 86_400_000),
+            // Increases with every list written (one per second at most).
+            crl_number: SerialNumber::from(now.as_secs().to_be_bytes().to_vec()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|r| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&r.serial),
+                    revocation_time: day(r.at_ms),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 
     /// A fresh key and certificate for a client named `common_name` (tests,
@@ -265,10 +304,22 @@ fn civil_from_days(days: i64) -> (i32, u8, u8) {
 
 /// A random positive 16-byte serial number.
 fn random_serial() -> Result<SerialNumber, PkiError> {
+    Ok(SerialNumber::from_slice(&new_serial()?))
+}
+
+/// A random positive 16-byte certificate serial number.
+pub fn new_serial() -> Result<[u8; 16], PkiError> {
     let mut bytes = crate::crypto::random_bytes::<16>().map_err(|_| PkiError::Random)?;
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01;
-    Ok(SerialNumber::from_slice(&bytes))
+    Ok(bytes)
+}
+
+/// A revoked certificate: its serial number and when it was revoked (Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    pub serial: Vec<u8>,
+    pub at_ms: i64,
 }
 
 fn read_text(path: &Path) -> Result<String, PkiError> {
@@ -336,9 +387,11 @@ mod tests {
         params.distinguished_name.push(DnType::CommonName, "kiosk-2");
         let csr = params.serialize_request(&key).unwrap().pem().unwrap();
         let device = DeviceId::new("kiosk-1").unwrap();
-        let pem = pki.issue_device_certificate(&device, &csr, 30).unwrap();
+        let serial = new_serial().unwrap();
+        let pem = pki.issue_device_certificate(&device, &csr, 30, &serial).unwrap();
         let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert_eq!(cert.raw_serial(), serial.as_slice());
         let cn: Vec<_> = cert.subject().iter_common_name().map(|c| c.as_str().unwrap().to_string()).collect();
         assert_eq!(cn, vec!["kiosk-1".to_string()]);
         assert!(cert.subject_alternative_name().unwrap().is_none());
@@ -350,6 +403,27 @@ mod tests {
             let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o400, "{f}");
         }
-        assert!(matches!(pki.issue_device_certificate(&device, "garbage", 30), Err(PkiError::BadCsr(_))));
+        assert!(matches!(pki.issue_device_certificate(&device, "garbage", 30, &serial), Err(PkiError::BadCsr(_))));
+    }
+
+    #[test]
+    fn the_revocation_list_is_signed_by_the_ca_and_names_each_revoked_serial() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
+        let revoked = [
+            Revoked { serial: new_serial().unwrap().to_vec(), at_ms: 1_790_000_000_000 },
+            Revoked { serial: new_serial().unwrap().to_vec(), at_ms: 1_790_100_000_000 },
+        ];
+        let pem = pki.revocation_list_pem(&revoked).unwrap();
+        let der = rustls::pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).unwrap();
+        use x509_parser::prelude::FromDer;
+        let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).unwrap();
+        let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(pki.ca_pem().as_bytes()).unwrap();
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+        crl.verify_signature(ca.public_key()).unwrap();
+        let serials: Vec<&[u8]> = crl.iter_revoked_certificates().map(|r| r.raw_serial()).collect();
+        assert_eq!(serials, vec![revoked[0].serial.as_slice(), revoked[1].serial.as_slice()]);
+        assert!(crl.next_update().is_some_and(|next| next > crl.last_update()));
+        assert!(pki.revocation_list_pem(&[]).unwrap().contains("BEGIN X509 CRL"));
     }
 }

@@ -151,11 +151,18 @@ impl Provisioner {
         }
         let token_hash =
             crate::crypto::hex(ring::digest::digest(&ring::digest::SHA256, request.token.as_bytes()).as_ref());
-        let device = self.store.redeem_provisioning_token(&token_hash).await?.ok_or(ProvisionError::BadToken)?;
+        // The serial is recorded with the token's redemption, in one
+        // update, so every certificate issued can be revoked.
+        let serial = super::pki::new_serial().map_err(ProvisionError::Pki)?;
+        let device = self
+            .store
+            .redeem_provisioning_token(&token_hash, &crate::crypto::hex(&serial))
+            .await?
+            .ok_or(ProvisionError::BadToken)?;
         let device_id = DeviceId::new(device.id.clone()).map_err(|_| ProvisionError::BadDeviceId(device.id.clone()))?;
         let certificate_pem = self
             .pki
-            .issue_device_certificate(&device_id, &request.csr_pem, self.certificate_days)
+            .issue_device_certificate(&device_id, &request.csr_pem, self.certificate_days, &serial)
             .map_err(ProvisionError::Pki)?;
         let key = self.pki.signing_public_key();
         log::info!(device = device.id.as_str(), shards:? = device.groups; "device provisioned");
