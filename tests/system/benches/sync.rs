@@ -13,27 +13,40 @@
 //!   batch in flight (as a kiosk does), the next after the server's
 //!   acknowledgement; events per second stored in MongoDB, then every event
 //!   read back through the API, each exactly once.
+//! - Snapshot: a shard of 100k templates (`FACEGATE_BENCH_SNAPSHOT`) whose
+//!   delta log is compacted, asked for by a kiosk that has never synced it:
+//!   from the resync request to every chunk received and verified by the
+//!   device's sync machine, then to the shard replaced in the daemon's sled
+//!   store (encrypted, one transaction).
 //!
 //! `cargo bench -p facegate-system-tests --bench sync` measures N = 10, 100,
-//! 1000 (`FACEGATE_BENCH_CLIENTS=10,100` to choose) on both brokers. Under
+//! 1000 (`FACEGATE_BENCH_CLIENTS=10,100` to choose) on both brokers
+//! (`FACEGATE_BENCH_BROKERS=embedded,mosquitto`). Under
 //! `cargo test` (no `--bench`) it runs once, small, on the embedded broker:
 //! a check that the bench and the paths it measures work.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use facegate_daemon::store::{DeviceKey, GalleryModel, GalleryStore, LiveShard, StoreConfig};
+use facegate_protocol::sync::device::{DeviceAction, DeviceConfig, DeviceInput, DeviceState, DeviceSync, StatusInfo};
 use facegate_protocol::{
-    AuditBatch, AuditEvent, Decision, DeltaBatch, DeviceId, Down, DownMessage, LivenessVerdict, ShardId, SigningKey,
-    StageMillis, TrustedKeys, Up, UpMessage, decode_verified, encode, topics,
+    AuditBatch, AuditEvent, Decision, DeltaBatch, DeviceId, Down, DownMessage, LivenessVerdict, ShardId, ShardProgress,
+    SigningKey, StageMillis, TrustedKeys, Up, UpMessage, decode_verified, encode, topics,
 };
+use facegate_sync_server::store::{Store, binary as bson_binary};
 use facegate_system_tests::{Broker, Central, Work, audit_seqs_exactly_once, binary, database, device_tls, live_clip};
+use mongodb::bson::{Document, doc};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 use tokio::sync::mpsc;
+
+/// The embedder the simulated kiosks' galleries are for.
+const MODEL: &str = "dlib-resnet29-v1";
 
 /// What a client's event loop reports.
 enum Seen {
@@ -294,6 +307,145 @@ async fn audit_ingest(
     ));
 }
 
+/// Writes a shard of `templates` identities with one template each straight
+/// into MongoDB, as if its whole delta log had been compacted: the shard's
+/// counter and the publisher's position at `templates`, no log entries.
+async fn seed_shard(uri: &str, shard: &str, templates: usize) {
+    let store = Store::connect(uri, "fleet", 4, Duration::from_secs(10), None).await.unwrap();
+    let (identities, vectors) =
+        (store.database().collection::<Document>("identities"), store.database().collection::<Document>("templates"));
+    let mut seed = 7u64;
+    let mut noise = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    const PAGE: usize = 5000;
+    for start in (0..templates).step_by(PAGE) {
+        let range = start..(start + PAGE).min(templates);
+        let people: Vec<Document> = range
+            .clone()
+            .map(|i| {
+                doc! { "_id": format!("person-{i:07}"), "name": format!("Person {i}"), "valid_from": null,
+                "valid_until": null, "groups": [shard], "version": 1_i64, "created_at": 0_i64,
+                "updated_at": 0_i64, "created_by": "bench" }
+            })
+            .collect();
+        let faces: Vec<Document> = range
+            .map(|i| {
+                let mut v: Vec<f32> = (0..128).map(|_| noise()).collect();
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.iter_mut().for_each(|x| *x /= norm);
+                doc! { "_id": format!("tp-{i:07}"), "identity": format!("person-{i:07}"), "model_id": MODEL,
+                "vector": bson_binary(v.iter().flat_map(|x| x.to_le_bytes()).collect()), "photo": "bench",
+                "created_at": 0_i64 }
+            })
+            .collect();
+        identities.insert_many(people).await.unwrap();
+        vectors.insert_many(faces).await.unwrap();
+    }
+    let head = templates as i64;
+    let counter = format!("delta:{shard}");
+    store.database().collection::<Document>("counters").insert_one(doc! { "_id": counter, "seq": head }).await.unwrap();
+    store.record_published(&ShardId::new(shard).unwrap(), templates as u64, "bench").await.unwrap();
+}
+
+/// A kiosk that has never synced `big` (a fresh device, or one back after
+/// the log was compacted) asks for it: the server reads the shard, signs it
+/// in chunks and sends them through the broker; the device's own sync
+/// machine verifies and assembles them, and the daemon's store replaces the
+/// shard in one transaction (templates encrypted, fsynced).
+#[allow(clippy::too_many_arguments)]
+async fn snapshot(
+    central: &Central,
+    uri: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    keys: &TrustedKeys,
+    templates: usize,
+    broker: Broker,
+    figures: &mut Figures,
+) {
+    let seeding = Instant::now();
+    seed_shard(uri, "big", templates).await;
+    println!("{broker:?}: {templates} identities and templates written to MongoDB in {:?}", seeding.elapsed());
+    let root = tempfile::tempdir().unwrap();
+    let key = root.path().join("device.key");
+    DeviceKey::generate(&key).unwrap();
+    let config = StoreConfig::new(root.path().join("db"), GalleryModel { id: MODEL.into(), dim: 128 });
+    let gallery = LiveShard::open(&config, DeviceKey::load(&key).unwrap()).unwrap();
+    let device = DeviceId::new("snap").unwrap();
+    let big = ShardId::new("big").unwrap();
+    let now = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    let mut machine = DeviceSync::new(
+        device.clone(),
+        keys.clone(),
+        DeviceConfig::default(),
+        DeviceState { shards: vec![ShardProgress { shard: big.clone(), seq: 0 }], ..DeviceState::default() },
+        StatusInfo { model_id: Some(MODEL.into()), version: "bench".into(), health: "ok".into() },
+        now(),
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let client = client(tls, device.to_string(), central.mqtt_port, 0, tx);
+    let mut subscribed = 0;
+    let wanted = machine.subscriptions();
+    while subscribed < wanted.len() {
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.expect("connecting").unwrap() {
+            Seen::Connected(_) => {
+                for topic in &wanted {
+                    client.subscribe(topic.clone(), QoS::AtLeastOnce).await.unwrap();
+                }
+            }
+            Seen::Subscribed => subscribed += 1,
+            Seen::Message { .. } => {}
+        }
+    }
+    let asked = Instant::now();
+    let mut actions = machine.handle(now(), DeviceInput::Connected);
+    let (mut chunks, mut bytes) = (0, 0);
+    let (received, applied) = loop {
+        let mut done = None;
+        for action in std::mem::take(&mut actions) {
+            match action {
+                DeviceAction::Publish(p) => {
+                    client.publish(p.topic, QoS::AtLeastOnce, p.retain, p.payload).await.unwrap()
+                }
+                DeviceAction::ApplySnapshot { shard, seq, entries } => {
+                    let received = asked.elapsed();
+                    assert_eq!((entries.len(), seq), (templates, templates as u64));
+                    let local = tokio::task::block_in_place(|| gallery.apply_snapshot(&shard, seq, &entries)).unwrap();
+                    done = Some((received, asked.elapsed(), local));
+                }
+                _ => {}
+            }
+        }
+        if let Some((received, applied, _)) = done {
+            break (received, applied);
+        }
+        let seen = tokio::time::timeout(Duration::from_secs(300), rx.recv()).await.expect("the snapshot").unwrap();
+        if let Seen::Message { topic, payload, .. } = seen {
+            if topic == topics::device_down(&device) {
+                chunks += 1;
+                bytes += payload.len();
+            }
+            actions = machine.handle(now(), DeviceInput::Received { topic: &topic, payload: &payload });
+            assert!(
+                !actions.iter().any(|a| matches!(a, DeviceAction::Rejected { .. })),
+                "the device refused part of the snapshot: {actions:?}"
+            );
+        }
+    };
+    let _ = client.disconnect().await;
+    assert_eq!(gallery.stats().unwrap().templates, templates);
+    figures.report(format!(
+        "{broker:?} | snapshot | {templates} templates, {chunks} down messages, {:.1} MB | received and verified {:.2} s | applied {:.2} s | total {:.2} s",
+        bytes as f64 / 1e6,
+        received.as_secs_f64(),
+        (applied - received).as_secs_f64(),
+        applied.as_secs_f64()
+    ));
+}
+
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let sizes: Vec<usize> = match std::env::var("FACEGATE_BENCH_CLIENTS") {
@@ -301,8 +453,24 @@ fn main() {
         Err(_) if bench => vec![10, 100, 1000],
         Err(_) => vec![10],
     };
-    let brokers = if bench { vec![Broker::Embedded, Broker::Mosquitto] } else { vec![Broker::Embedded] };
+    let brokers = match std::env::var("FACEGATE_BENCH_BROKERS") {
+        Ok(list) => list
+            .split(',')
+            .map(|b| match b.trim() {
+                "embedded" => Broker::Embedded,
+                "mosquitto" => Broker::Mosquitto,
+                other => panic!("FACEGATE_BENCH_BROKERS: {other:?} is not embedded or mosquitto"),
+            })
+            .collect(),
+        Err(_) if bench => vec![Broker::Embedded, Broker::Mosquitto],
+        Err(_) => vec![Broker::Embedded],
+    };
     let (rounds, devices, batches, per_batch) = if bench { (5, 10, 4, 250) } else { (1, 2, 2, 50) };
+    let snapshot_templates = match std::env::var("FACEGATE_BENCH_SNAPSHOT") {
+        Ok(n) => n.trim().parse().expect("FACEGATE_BENCH_SNAPSHOT: a number of templates"),
+        Err(_) if bench => 100_000,
+        Err(_) => 2_000,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut figures = Figures { lines: Vec::new() };
     for broker in brokers {
@@ -312,6 +480,8 @@ fn main() {
         let api = central.api.clone();
         api.create_group("lobby");
         let sim_token = api.add_device("sim", &["lobby"]);
+        api.create_group("big");
+        let snap_token = api.add_device("snap", &["big"]);
         let audit_tokens: Vec<(String, String)> =
             (0..devices).map(|i| format!("audit-{i}")).map(|d| (d.clone(), api.add_device(&d, &[]))).collect();
         central.start_broker();
@@ -320,6 +490,7 @@ fn main() {
                 .unwrap()
                 .public_key()]);
         let sim = device_tls(&provision(work.path(), &api.url, &sim_token, "sim"));
+        let snap = device_tls(&provision(work.path(), &api.url, &snap_token, "snap"));
         let audit_devices: Vec<(DeviceId, Arc<rustls::ClientConfig>)> = audit_tokens
             .iter()
             .map(|(d, token)| {
@@ -331,6 +502,7 @@ fn main() {
                 propagation(&central, &sim, &keys, n, rounds, broker, &mut figures).await;
             }
             audit_ingest(&central, &audit_devices, &keys, batches, per_batch, broker, &mut figures).await;
+            snapshot(&central, &db.uri, &snap, &keys, snapshot_templates, broker, &mut figures).await;
         });
     }
     println!("\nsync figures ({}):", if bench { "cargo bench" } else { "test mode, small" });
