@@ -155,7 +155,8 @@ impl Store {
             .await?)
     }
 
-    /// Every certificate of a revoked device, for the brokers' revocation list.
+    /// The certificate of every revoked device, for the brokers' revocation
+    /// list (devices provisioned before serials were recorded have none).
     pub async fn revoked_certificates(&self) -> Result<Vec<crate::sync::pki::Revoked>, StoreError> {
         let revoked: Vec<DeviceDoc> = self.devices().find(doc! { "state": "revoked" }).await?.try_collect().await?;
         let mut out = Vec::new();
