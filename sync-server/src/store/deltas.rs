@@ -229,37 +229,21 @@ impl Store {
         shard: &ShardId,
         page: usize,
     ) -> Result<(u64, Vec<SnapshotEntry>), StoreError> {
-        let page = page.clamp(1, 10_000);
+        // At most 5,000: a page's templates (16 per identity at most) must fit
+        // one `page_by_id` read.
+        let page = page.clamp(1, 5_000);
         let label = self.published_seq(shard).await?.min(self.shard_head(shard).await?);
         let mut entries = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let mut filter = doc! { "groups": shard.as_str() };
-            if let Some(after) = &after {
-                filter.insert("_id", doc! { "$gt": after });
-            }
-            let identities: Vec<IdentityDoc> = self
-                .identities()
-                .find(filter)
-                .sort(doc! { "_id": 1 })
-                .limit(page as i64)
-                .batch_size(page as u32)
-                .await?
-                .try_collect()
-                .await?;
+            let identities: Vec<IdentityDoc> =
+                Self::page_by_id(&self.identities(), doc! { "groups": shard.as_str() }, after.as_deref(), page).await?;
             let Some(last) = identities.last() else { break };
             after = Some(last.id.clone());
             let ids: Vec<&str> = identities.iter().map(|i| i.id.as_str()).collect();
-            let most = (ids.len() * MAX_TEMPLATES_PER_IDENTITY) as i64;
-            let templates: Vec<TemplateDoc> = self
-                .templates()
-                .find(doc! { "identity": { "$in": ids } })
-                .sort(doc! { "_id": 1 })
-                .limit(most)
-                .batch_size(most as u32)
-                .await?
-                .try_collect()
-                .await?;
+            let most = ids.len() * MAX_TEMPLATES_PER_IDENTITY;
+            let filter = doc! { "identity": { "$in": ids } };
+            let templates: Vec<TemplateDoc> = Self::page_by_id(&self.templates(), filter, None, most).await?;
             let mut by_identity: HashMap<String, Vec<TemplateDoc>> = HashMap::new();
             for t in templates {
                 by_identity.entry(t.identity.clone()).or_default().push(t);

@@ -363,30 +363,14 @@ impl Store {
     }
 
     /// Up to `limit` templates of `model_id` with `_id` after `after`, in
-    /// `_id` order (index rebuild, page by page). Each page is one reply:
-    /// no `getMore`, which jongodb 0.1.6 refuses from the Rust driver on its
-    /// replica-set profile (measured: a 100k-template rebuild failed there
-    /// with "supports readPreference mode 'primary' only").
+    /// `_id` order (index rebuild, page by page; see [`Store::page_by_id`]).
     pub async fn templates_page(
         &self,
         model_id: &str,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<TemplateDoc>, StoreError> {
-        let mut filter = doc! { "model_id": model_id };
-        if let Some(after) = after {
-            filter.insert("_id", doc! { "$gt": after });
-        }
-        let limit = limit.clamp(1, 100_000);
-        Ok(self
-            .templates()
-            .find(filter)
-            .sort(doc! { "_id": 1 })
-            .limit(limit as i64)
-            .batch_size(limit as u32)
-            .await?
-            .try_collect()
-            .await?)
+        Self::page_by_id(&self.templates(), doc! { "model_id": model_id }, after, limit).await
     }
 
     /// Change-log entries with `seq > after`, oldest first.
