@@ -38,6 +38,10 @@ pub const MONGODB_CHECKOUT_FAILURES: &str = "facegate_mongodb_pool_checkout_fail
 pub const LOGIN_FAILURES: &str = "facegate_login_failures";
 /// 1 while every readiness dependency is up.
 pub const READY: &str = "facegate_ready";
+/// Sync service events by `event` (`delta_published`, `publish_failed`,
+/// `compaction_failed`, `rejected_*`, …), rendered by
+/// [`crate::sync::service::SyncStats`].
+pub const SYNC_EVENTS: &str = "facegate_sync_events";
 
 /// Label set `[(name, value)]`.
 pub type Labels = Vec<(String, String)>;

@@ -60,6 +60,7 @@ fn alert_rules_only_use_exported_metric_names() {
         metrics::MONGODB_CHECKOUT_FAILURES,
         metrics::LOGIN_FAILURES,
         metrics::READY,
+        metrics::SYNC_EVENTS,
     ];
     let docs = YamlLoader::load_from_str(RULES).expect("valid YAML");
     let exprs: Vec<&str> = docs[0]["groups"]

@@ -65,9 +65,19 @@ pub enum SyncError {
 }
 
 /// Counters of the sync service by event and reason (low cardinality).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SyncStats {
     counts: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Events the alert rules watch with `increase()`, exported from the start
+/// at 0: Prometheus sees no increase in a series whose first sample is 1.
+const ALERTED_EVENTS: [&str; 3] = ["publish_failed", "compaction_failed", "delta_published"];
+
+impl Default for SyncStats {
+    fn default() -> Self {
+        Self { counts: Mutex::new(ALERTED_EVENTS.iter().map(|e| (e.to_string(), 0)).collect()) }
+    }
 }
 
 impl SyncStats {
@@ -92,9 +102,10 @@ impl SyncStats {
 
     /// Prometheus text: `facegate_sync_events_total{event="…"} n`.
     pub fn render(&self) -> String {
-        let mut out = String::from("# TYPE facegate_sync_events counter\n");
-        for (name, n) in self.snapshot() {
-            out.push_str(&format!("facegate_sync_events_total{{event=\"{name}\"}} {n}\n"));
+        let name = crate::metrics::SYNC_EVENTS;
+        let mut out = format!("# TYPE {name} counter\n");
+        for (event, n) in self.snapshot() {
+            out.push_str(&format!("{name}_total{{event=\"{event}\"}} {n}\n"));
         }
         out
     }
@@ -398,8 +409,13 @@ impl Handler {
                     Some((device, shard, after_seq, read))
                 }
                 ServerAction::ReadSnapshot { device, shard, after_seq } => {
+                    let started = Instant::now();
                     let read = match self.store.shard_snapshot(&shard).await {
-                        Ok((seq, entries)) => LogRead::Snapshot { seq, entries },
+                        Ok((seq, entries)) => {
+                            log::info!(device:% = device, shard:% = shard, seq, identities = entries.len(),
+                                read_ms = started.elapsed().as_millis() as u64; "snapshot read; sending it");
+                            LogRead::Snapshot { seq, entries }
+                        }
                         Err(e) => {
                             log::warn!(error:% = e, shard:% = shard; "snapshot read failed");
                             LogRead::Failed
@@ -600,7 +616,7 @@ impl Publisher {
                 continue;
             };
             self.publish_shard(&shard).await?;
-            self.compact(&shard).await?;
+            self.compact(&shard).await;
             // Never hold the lease past half its life without renewing.
             if started.elapsed() > self.lease / 2 {
                 return Ok(());
@@ -684,21 +700,31 @@ impl Publisher {
     }
 
     /// Compacts `shard`'s delta log when its turn has come (see
-    /// [`Store::compact_delta_log`]).
-    async fn compact(&mut self, shard: &ShardId) -> Result<(), StoreError> {
+    /// [`Store::compact_delta_log`]). Housekeeping: a failure is logged and
+    /// counted and the shard waits for its next turn, while publication
+    /// (of this shard and the ones after it) goes on.
+    async fn compact(&mut self, shard: &ShardId) {
         let now = Instant::now();
         if self.compacted.get(shard).is_some_and(|at| now.duration_since(*at) < self.retention.interval) {
-            return Ok(());
+            return;
         }
-        let published = self.position(shard).await?;
-        let max_age = i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX);
-        let done = self.store.compact_delta_log(shard, published, max_age, now_millis()).await?;
         self.compacted.insert(shard.clone(), now);
-        if done.deleted > 0 {
-            self.stats.add("delta_entries_compacted", done.deleted);
-            log::info!(shard:% = shard, up_to_seq = done.floor, entries = done.deleted;
-                "delta log compacted (devices behind it resync from a snapshot)");
+        let max_age = i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX);
+        let done = match self.position(shard).await {
+            Ok(published) => self.store.compact_delta_log(shard, published, max_age, now_millis()).await,
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(done) if done.deleted > 0 => {
+                self.stats.add("delta_entries_compacted", done.deleted);
+                log::info!(shard:% = shard, up_to_seq = done.floor, entries = done.deleted;
+                    "delta log compacted (devices behind it resync from a snapshot)");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.stats.count("compaction_failed");
+                log::warn!(error:% = e, shard:% = shard; "delta log compaction failed; retried at the shard's next turn");
+            }
         }
-        Ok(())
     }
 }
