@@ -258,8 +258,29 @@ async fn an_enrollment_reaches_a_provisioned_device_as_a_signed_delta_and_audit_
         other => panic!("expected deltas, got {other:?}"),
     }
     assert_eq!(door.next_down().await, Down::Head { shard: lobby.clone(), seq: 1 });
-    let (_, device) = server.get("/v1/devices/door-1", &server.token(Role::Admin)).await;
-    eprintln!("device after resync: {device}");
+    let admin = server.token(Role::Admin);
+    let (_, device) = server.get("/v1/devices/door-1", &admin).await;
+    assert!(device["commands"].as_array().is_some_and(Vec::is_empty), "{device}");
+
+    // The fleet list: how far behind each shard of each device is, against
+    // the heads read once for the whole fleet; commands only in the detail.
+    create_group(&server, "lab").await;
+    let (status, created) =
+        server.json("POST", "/v1/devices", &admin, json!({ "id": "door-2", "groups": ["lab", "lobby"] })).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (status, list) = server.get("/v1/devices", &admin).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let devices = list["devices"].as_array().unwrap();
+    assert_eq!(devices.iter().map(|d| d["id"].as_str().unwrap()).collect::<Vec<_>>(), ["door-1", "door-2"]);
+    assert_eq!(
+        devices[1]["shards"],
+        json!([
+            { "shard": "lab", "head_seq": 0, "applied_seq": null, "behind": 0 },
+            { "shard": "lobby", "head_seq": 1, "applied_seq": null, "behind": 1 },
+        ])
+    );
+    assert_eq!(devices[0]["shards"][0]["head_seq"], 1, "{list}");
+    assert!(devices.iter().all(|d| d.get("commands").is_none()), "{list}");
 
     // Garbage on the up topic is refused and counted, nothing stored.
     door.client.publish(topics::device_up(&door.id), QoS::AtLeastOnce, false, b"garbage".to_vec()).await.unwrap();

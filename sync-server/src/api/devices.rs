@@ -1,6 +1,8 @@
 //! Device routes: registration (one-time provisioning token), groups,
 //! revocation, commands, and each device's sync status.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -33,16 +35,20 @@ pub(super) struct DeviceGroups {
     groups: Vec<String>,
 }
 
-async fn device_view(state: &AppState, d: &DeviceDoc) -> ApiResult<Value> {
-    let mut shards = Vec::new();
-    for g in &d.groups {
-        let shard = shard_id(g, "groups")?;
-        let head = state.engine.store.shard_head(&shard).await?;
-        let applied = d.applied.get_i64(g).ok().or_else(|| d.applied.get_i32(g).ok().map(i64::from));
-        shards.push(json!({ "shard": g, "head_seq": head, "applied_seq": applied, "behind": applied.map_or(head as i64, |a| head as i64 - a) }));
-    }
-    let commands = state.engine.store.device_commands(&d.id, 10).await?;
-    Ok(json!({
+/// A device as the API shows it: its record, how far behind each of its
+/// shards it is (against `heads`, see [`shard_heads`]) and, when given, its
+/// latest commands.
+fn device_view(d: &DeviceDoc, heads: &HashMap<String, u64>, commands: Option<&[CommandDoc]>) -> Value {
+    let shards: Vec<Value> = d
+        .groups
+        .iter()
+        .map(|g| {
+            let head = heads.get(g).copied().unwrap_or(0);
+            let applied = d.applied.get_i64(g).ok().or_else(|| d.applied.get_i32(g).ok().map(i64::from));
+            json!({ "shard": g, "head_seq": head, "applied_seq": applied, "behind": applied.map_or(head as i64, |a| head as i64 - a) })
+        })
+        .collect();
+    let mut view = json!({
         "id": d.id,
         "name": d.name,
         "state": d.state,
@@ -55,16 +61,34 @@ async fn device_view(state: &AppState, d: &DeviceDoc) -> ApiResult<Value> {
         "model_id": d.model_id,
         "software_version": d.software_version,
         "shards": shards,
-        "commands": commands.iter().map(command_view).collect::<Vec<_>>(),
-    }))
+    });
+    if let (Some(o), Some(commands)) = (view.as_object_mut(), commands) {
+        o.insert("commands".into(), commands.iter().map(command_view).collect());
+    }
+    view
 }
 
+/// The head of every shard the devices belong to, in one read.
+async fn shard_heads(state: &AppState, devices: &[DeviceDoc]) -> ApiResult<HashMap<String, u64>> {
+    let mut shards: Vec<&str> = devices.iter().flat_map(|d| d.groups.iter().map(String::as_str)).collect();
+    shards.sort_unstable();
+    shards.dedup();
+    Ok(state.engine.store.shard_heads(&shards).await?)
+}
+
+/// One device in full: with its latest commands.
+async fn device_detail(state: &AppState, d: &DeviceDoc) -> ApiResult<Value> {
+    let heads = shard_heads(state, std::slice::from_ref(d)).await?;
+    let commands = state.engine.store.device_commands(&d.id, 10).await?;
+    Ok(device_view(d, &heads, Some(&commands)))
+}
+
+/// Every device, with two reads whatever the fleet's size (the devices, the
+/// heads of their shards); commands are in each device's own view.
 pub(super) async fn list_devices(State(state): State<AppState>, _auth: Authorized) -> ApiResult<Json<Value>> {
     let devices = state.engine.store.list_devices().await?;
-    let mut views = Vec::with_capacity(devices.len());
-    for d in &devices {
-        views.push(device_view(&state, d).await?);
-    }
+    let heads = shard_heads(&state, &devices).await?;
+    let views: Vec<Value> = devices.iter().map(|d| device_view(d, &heads, None)).collect();
     Ok(Json(json!({ "devices": views })))
 }
 
@@ -82,7 +106,7 @@ pub(super) async fn create_device(
     let record =
         action(&auth.actor, "device.create", Some(id.as_str()), "ok", doc! { "groups": device.groups.clone() });
     state.engine.store.create_device(&device, &record).await?;
-    let mut view = device_view(&state, &device).await?;
+    let mut view = device_detail(&state, &device).await?;
     if let Some(o) = view.as_object_mut() {
         o.insert("provisioning_token".into(), json!(token));
         o.insert("token_expires_at_ms".into(), json!(device.token_expires_at));
@@ -97,7 +121,7 @@ pub(super) async fn get_device(
 ) -> ApiResult<Json<Value>> {
     let id = device_id(&id)?;
     let device = state.engine.store.device(id.as_str()).await?.ok_or_else(|| not_found("device", id.as_str()))?;
-    Ok(Json(device_view(&state, &device).await?))
+    Ok(Json(device_detail(&state, &device).await?))
 }
 
 pub(super) async fn assign_device_groups(
@@ -112,7 +136,7 @@ pub(super) async fn assign_device_groups(
     let record =
         action(&auth.actor, "device.assign-groups", Some(id.as_str()), "ok", doc! { "groups": groups.clone() });
     let device = state.engine.store.assign_device_groups(id.as_str(), &groups, &record).await?;
-    Ok(Json(device_view(&state, &device).await?))
+    Ok(Json(device_detail(&state, &device).await?))
 }
 
 pub(super) async fn revoke_device(
@@ -123,7 +147,7 @@ pub(super) async fn revoke_device(
     let id = device_id(&id)?;
     let record = action(&auth.actor, "device.revoke", Some(id.as_str()), "ok", doc! {});
     let device = state.engine.store.revoke_device(id.as_str(), &record).await?;
-    Ok(Json(device_view(&state, &device).await?))
+    Ok(Json(device_detail(&state, &device).await?))
 }
 
 #[derive(Debug, Deserialize)]

@@ -148,9 +148,9 @@ pub const ROUTES: &[RouteSpec] = &[
     route!("DELETE", "/v1/groups/{id}", ADMIN, None, 204, "Delete an empty group"),
     route!("PUT", "/v1/groups/{id}/members/{identity}", ENROLL, None, 200, "Add an identity to a group"),
     route!("DELETE", "/v1/groups/{id}/members/{identity}", ENROLL, None, 200, "Remove an identity from a group"),
-    route!("GET", "/v1/devices", ALL, None, 200, "List devices with their status"),
+    route!("GET", "/v1/devices", ALL, None, 200, "List devices: status, shards and how far behind each is"),
     route!("POST", "/v1/devices", ADMIN, Json, 201, "Create a device; answers its one-time provisioning token"),
-    route!("GET", "/v1/devices/{id}", ALL, None, 200, "Read a device and its sync status"),
+    route!("GET", "/v1/devices/{id}", ALL, None, 200, "Read a device: its sync status and its commands"),
     route!("PUT", "/v1/devices/{id}/groups", ADMIN, Json, 200, "Assign a device's groups"),
     route!("POST", "/v1/devices/{id}/revoke", ADMIN, None, 200, "Revoke a device"),
     route!(

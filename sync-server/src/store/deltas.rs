@@ -90,6 +90,22 @@ impl Store {
         Ok(self.counter(&shard_counter(shard.as_str())).await?.max(0) as u64)
     }
 
+    /// The latest sequence number of each of `shards` in one read (a shard
+    /// whose log is empty maps to 0).
+    pub async fn shard_heads(&self, shards: &[&str]) -> Result<HashMap<String, u64>, StoreError> {
+        let counters: HashMap<String, &str> = shards.iter().map(|s| (shard_counter(s), *s)).collect();
+        let mut heads: HashMap<String, u64> = shards.iter().map(|s| (s.to_string(), 0)).collect();
+        let names: Vec<&String> = counters.keys().collect();
+        let mut cursor = self.counters().find(doc! { "_id": { "$in": names } }).await?;
+        while let Some(d) = cursor.try_next().await? {
+            let name = d.get_str("_id").map_err(|_| StoreError::Corrupt("a counter without a string _id".into()))?;
+            if let Some(shard) = counters.get(name) {
+                heads.insert(shard.to_string(), super::counter_value(&d, name)?.max(0) as u64);
+            }
+        }
+        Ok(heads)
+    }
+
     /// Raw log entries of `shard` with `after < seq`, oldest first, at most `limit`.
     pub async fn delta_entries_after(
         &self,
