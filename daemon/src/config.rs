@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use facegate_cli::env::{Environment, ProcessEnvironment};
 use facegate_face::{Precision, QualityConfig};
 use serde::{Deserialize, Serialize};
 
@@ -26,33 +27,10 @@ pub enum ConfigError {
     },
     #[error("{origin}: {message}")]
     Parse { origin: String, message: String },
-    #[error("environment variable {name}: {message}")]
-    Environment { name: String, message: String },
+    #[error(transparent)]
+    Environment(#[from] facegate_cli::env::OverrideError),
     #[error("invalid configuration: {0}")]
     Invalid(String),
-}
-
-/// Looks up environment variables (the process environment in production, a
-/// map in tests).
-pub trait Environment {
-    /// All variables whose name starts with `prefix`.
-    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)>;
-}
-
-/// The real process environment.
-#[derive(Debug, Clone, Copy)]
-pub struct ProcessEnvironment;
-
-impl Environment for ProcessEnvironment {
-    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
-        std::env::vars().filter(|(k, _)| k.starts_with(prefix)).collect()
-    }
-}
-
-impl Environment for Vec<(String, String)> {
-    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
-        self.iter().filter(|(k, _)| k.starts_with(prefix)).cloned().collect()
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,7 +227,7 @@ impl DaemonConfig {
     pub fn parse(text: &str, origin: &str, env: &dyn Environment) -> Result<Self, ConfigError> {
         let mut value: toml::Table = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { origin: origin.to_owned(), message: e.to_string() })?;
-        apply_environment(&mut value, env)?;
+        facegate_cli::env::apply_overrides(&mut value, env)?;
         let config: DaemonConfig = value
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse { origin: origin.to_owned(), message: e.to_string() })?;
@@ -315,37 +293,6 @@ impl DaemonConfig {
         }
         Ok(())
     }
-}
-
-/// `FACEGATE__SECTION__KEY=value` sets `[section] key = value`; the value is
-/// parsed as TOML (numbers, booleans, arrays), else taken as a string.
-fn apply_environment(table: &mut toml::Table, env: &dyn Environment) -> Result<(), ConfigError> {
-    const PREFIX: &str = "FACEGATE__";
-    let mut vars = env.with_prefix(PREFIX);
-    vars.sort();
-    for (name, raw) in vars {
-        let path: Vec<String> =
-            name[PREFIX.len()..].split("__").map(|p| p.to_ascii_lowercase().replace('_', "-")).collect();
-        if path.len() < 2 || path.iter().any(String::is_empty) {
-            return Err(ConfigError::Environment { name, message: "expected FACEGATE__SECTION__KEY".into() });
-        }
-        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(raw.clone()));
-        let mut node = &mut *table;
-        for section in &path[..path.len() - 1] {
-            let entry = node.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            node = entry.as_table_mut().ok_or_else(|| ConfigError::Environment {
-                name: name.clone(),
-                message: format!("{section} is not a section"),
-            })?;
-        }
-        if let Some(key) = path.last() {
-            node.insert(key.clone(), value);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

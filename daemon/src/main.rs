@@ -206,15 +206,9 @@ struct EvalArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match facegate_cli::parse_args::<Cli>() {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
-                _ => ExitCode::from(exit::USAGE),
-            };
-        }
+        Err(status) => return status,
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -326,7 +320,7 @@ fn run_status(error: &RunError) -> u8 {
         RunError::Source(SourceError::Unsupported { .. } | SourceError::Open { .. }) => exit::NO_INPUT,
         RunError::Source(_) => exit::DATA,
         RunError::Sync(_) => exit::CONFIG,
-        RunError::Http { .. } | RunError::Runtime(_) => exit::OS,
+        RunError::Http { .. } | RunError::Runtime(_) => exit::OS_ERROR,
     }
 }
 

@@ -4,50 +4,18 @@
 //! The environment is read through [`Environment`], so tests pass a map and
 //! never touch the process environment.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use facegate_cli::env::{Environment, ProcessEnvironment};
+use facegate_cli::env::{OverrideError, apply_overrides, set_path};
 use serde::{Deserialize, Serialize};
 
-/// Prefix of the per-key environment overrides.
-pub const ENV_PREFIX: &str = "FACEGATE__";
 /// Short form for the database URI (points the server, the demo and the tests
 /// at any MongoDB replica set).
 pub const MONGODB_URI_ENV: &str = "FACEGATE_MONGODB_URI";
 /// Shortest HMAC secret accepted for HS256, in bytes.
 pub const MIN_SECRET_BYTES: usize = 32;
-
-/// Where environment variables come from.
-pub trait Environment {
-    /// Every variable whose name starts with `prefix`.
-    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)>;
-    fn get(&self, name: &str) -> Option<String>;
-}
-
-/// The process environment.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProcessEnvironment;
-
-impl Environment for ProcessEnvironment {
-    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
-        std::env::vars().filter(|(k, _)| k.starts_with(prefix)).collect()
-    }
-
-    fn get(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-}
-
-impl Environment for BTreeMap<String, String> {
-    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
-        self.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect()
-    }
-
-    fn get(&self, name: &str) -> Option<String> {
-        BTreeMap::get(self, name).cloned()
-    }
-}
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +28,8 @@ pub enum ConfigError {
     },
     #[error("{origin}: {message}")]
     Parse { origin: String, message: String },
-    #[error("environment variable {name}: {message}")]
-    Environment { name: String, message: String },
+    #[error(transparent)]
+    Environment(#[from] OverrideError),
     #[error("{key}: {message}")]
     Invalid { key: &'static str, message: String },
 }
@@ -234,33 +202,6 @@ impl Default for IndexConfig {
     }
 }
 
-/// Sets `table[path] = value`, creating tables on the way.
-fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
-    let Some((last, parents)) = path.split_last() else {
-        return Err("empty key".into());
-    };
-    let mut current = table;
-    for part in parents {
-        let entry = current.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        current = entry.as_table_mut().ok_or_else(|| format!("{part} is not a section"))?;
-    }
-    current.insert(last.clone(), value);
-    Ok(())
-}
-
-/// A value from the environment: a TOML scalar when it parses as one
-/// (`8`, `true`, `"quoted"`), else the raw string.
-fn env_value(raw: &str) -> toml::Value {
-    match format!("v = {raw}").parse::<toml::Table>() {
-        Ok(mut t) => match t.remove("v") {
-            Some(v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_))) => v,
-            Some(toml::Value::String(s)) => toml::Value::String(s),
-            _ => toml::Value::String(raw.to_string()),
-        },
-        Err(_) => toml::Value::String(raw.to_string()),
-    }
-}
-
 impl Config {
     /// The compiled-in defaults as TOML (`config default`).
     pub fn default_toml() -> String {
@@ -278,20 +219,10 @@ impl Config {
         let mut table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Parse { origin: origin.into(), message: e.to_string() })?;
-        let mut overrides = env.with_prefix(ENV_PREFIX);
-        overrides.sort();
-        for (name, raw) in overrides {
-            let path: Vec<String> =
-                name[ENV_PREFIX.len()..].split("__").map(|p| p.to_ascii_lowercase().replace('_', "-")).collect();
-            if path.len() != 2 || path.iter().any(String::is_empty) {
-                return Err(ConfigError::Environment { name, message: "expected FACEGATE__SECTION__KEY".into() });
-            }
-            set_path(&mut table, &path, env_value(&raw))
-                .map_err(|message| ConfigError::Environment { name: name.clone(), message })?;
-        }
+        apply_overrides(&mut table, env)?;
         if let Some(uri) = env.get(MONGODB_URI_ENV).filter(|u| !u.is_empty()) {
             set_path(&mut table, &["mongodb".into(), "uri".into()], toml::Value::String(uri))
-                .map_err(|message| ConfigError::Environment { name: MONGODB_URI_ENV.into(), message })?;
+                .map_err(|message| OverrideError { name: MONGODB_URI_ENV.into(), message })?;
         }
         let config: Self = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
             origin: format!("{origin} + environment"),
@@ -385,6 +316,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -432,7 +364,7 @@ mod tests {
         let err = Config::from_toml("", "t", &env(&[("FACEGATE__MONGODB__URL", "mongodb://x")])).unwrap_err();
         assert!(err.to_string().contains("url"), "{err}");
         let err = Config::from_toml("", "t", &env(&[("FACEGATE__MONGODB", "x")])).unwrap_err();
-        assert!(matches!(err, ConfigError::Environment { .. }), "{err}");
+        assert!(matches!(err, ConfigError::Environment(_)), "{err}");
     }
 
     #[test]

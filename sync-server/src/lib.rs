@@ -16,7 +16,7 @@ pub mod config;
 pub mod crypto;
 pub mod devdb;
 pub mod engine;
-pub mod exit;
+pub use facegate_cli::exit;
 pub mod faces;
 pub mod import;
 pub mod index;

@@ -128,15 +128,9 @@ enum AdminCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match facegate_cli::parse_args::<Cli>() {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
-                _ => ExitCode::from(exit::USAGE),
-            };
-        }
+        Err(status) => return status,
     };
     logging::init();
     // One TLS crypto provider for the process (MongoDB's rustls and ours): ring.
