@@ -94,9 +94,16 @@ pub fn ensure_binary() -> Result<PathBuf, DevDbError> {
     if binary.is_file() {
         return Ok(binary);
     }
+    // One fetch per process: the threads of a test binary start their
+    // databases at once, and they would share the staging directory below.
+    static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _fetching = FETCH.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if binary.is_file() {
+        return Ok(binary);
+    }
     std::fs::create_dir_all(root.parent().unwrap_or(&root)).map_err(io("creating the cache directory"))?;
-    // Unpack into a private directory, then rename: concurrent test processes
-    // never see a half-written binary, and the first rename wins.
+    // Unpack into a directory of this process, then rename: concurrent test
+    // processes never see a half-written binary, and the first rename wins.
     let staging = root.with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(io("creating the staging directory"))?;
