@@ -203,10 +203,10 @@ impl Store {
         ids: &[&str],
     ) -> Result<HashMap<String, (IdentityDoc, Vec<TemplateDoc>)>, StoreError> {
         let identities: Vec<IdentityDoc> =
-            self.identities().find(doc! { "_id": { "$in": ids } }).await?.try_collect().await?;
+            self.identities().find(doc! { "_id": Self::one_of(ids) }).await?.try_collect().await?;
         let templates: Vec<TemplateDoc> = self
             .templates()
-            .find(doc! { "identity": { "$in": ids } })
+            .find(doc! { "identity": Self::one_of(ids) })
             .sort(doc! { "_id": 1 })
             .await?
             .try_collect()
@@ -258,7 +258,7 @@ impl Store {
             after = Some(last.id.clone());
             let ids: Vec<&str> = identities.iter().map(|i| i.id.as_str()).collect();
             let most = ids.len() * MAX_TEMPLATES_PER_IDENTITY;
-            let filter = doc! { "identity": { "$in": ids } };
+            let filter = doc! { "identity": Self::one_of(&ids) };
             let templates: Vec<TemplateDoc> = Self::page_by_id(&self.templates(), filter, None, most).await?;
             let mut by_identity: HashMap<String, Vec<TemplateDoc>> = HashMap::new();
             for t in templates {

@@ -479,7 +479,7 @@ impl Store {
             return Ok(std::collections::HashMap::new());
         }
         let found: Vec<IdentityDoc> =
-            self.identities().find(doc! { "_id": { "$in": ids } }).await?.try_collect().await?;
+            self.identities().find(doc! { "_id": Self::one_of(ids) }).await?.try_collect().await?;
         Ok(found.into_iter().map(|i| (i.id, i.name)).collect())
     }
 }

@@ -285,6 +285,20 @@ impl Store {
         self.db.collection("meta")
     }
 
+    /// The condition "one of `ids`" on a string field, as
+    /// `{ $gte: least, $lte: greatest, $in: ids }`: the same documents as
+    /// `$in` alone. MongoDB turns both into the same index point lookups; a
+    /// server that scans and tests operators in order (jongodb) rejects most
+    /// documents on the bounds before the linear `$in` — measured on 100k
+    /// templates, 1,000 ids took 4.2 s as a bare `$in` and 0.16 s behind
+    /// the bounds, which made a 100k-template snapshot read take 100 s.
+    pub(crate) fn one_of(ids: &[&str]) -> Document {
+        match (ids.iter().min(), ids.iter().max()) {
+            (Some(least), Some(greatest)) => doc! { "$gte": *least, "$lte": *greatest, "$in": ids },
+            _ => doc! { "$in": ids },
+        }
+    }
+
     /// Up to `limit` documents of `collection` matching `filter` with `_id`
     /// after `after`, in `_id` order, as one reply: no `getMore`, which
     /// jongodb 0.1.6 refuses from the Rust driver on its replica-set profile
@@ -436,4 +450,18 @@ fn counter_value(d: &Document, name: &str) -> Result<i64, StoreError> {
     d.get_i64("seq")
         .or_else(|_| d.get_i32("seq").map(i64::from))
         .map_err(|_| StoreError::Corrupt(format!("counter {name} has no integer seq")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_of_bounds_the_set_by_its_least_and_greatest_id() {
+        assert_eq!(
+            Store::one_of(&["p-2", "p-1", "p-3"]),
+            doc! { "$gte": "p-1", "$lte": "p-3", "$in": ["p-2", "p-1", "p-3"] }
+        );
+        assert_eq!(Store::one_of(&[]), doc! { "$in": Vec::<&str>::new() });
+    }
 }
