@@ -13,11 +13,13 @@
 //!   batch in flight (as a kiosk does), the next after the server's
 //!   acknowledgement; events per second stored in MongoDB, then every event
 //!   read back through the API, each exactly once.
-//! - Snapshot: a shard of 100k templates (`FACEGATE_BENCH_SNAPSHOT`) whose
-//!   delta log is compacted, asked for by a kiosk that has never synced it:
-//!   from the resync request to every chunk received and verified by the
-//!   device's sync machine, then to the shard replaced in the daemon's sled
-//!   store (encrypted, one transaction).
+//! - Snapshot: a shard of 100k templates (`FACEGATE_BENCH_SNAPSHOT`), four
+//!   per person as enrolled from several photos
+//!   (`FACEGATE_BENCH_SNAPSHOT_PER_PERSON`), whose delta log is compacted,
+//!   asked for by a kiosk that has never synced it: from the resync request
+//!   to every chunk received and verified by the device's sync machine (of
+//!   which the server's read from MongoDB, from its log), then to the shard
+//!   replaced in the daemon's sled store (encrypted, one transaction).
 //!
 //! `cargo bench -p facegate-system-tests --bench sync` measures N = 10, 100,
 //! 1000 (`FACEGATE_BENCH_CLIENTS=10,100` to choose) on both brokers
@@ -307,10 +309,12 @@ async fn audit_ingest(
     ));
 }
 
-/// Writes a shard of `templates` identities with one template each straight
-/// into MongoDB, as if its whole delta log had been compacted: the shard's
-/// counter and the publisher's position at `templates`, no log entries.
-async fn seed_shard(uri: &str, shard: &str, templates: usize) {
+/// Writes a shard of `templates` templates, `per_person` for each identity,
+/// straight into MongoDB, as if its whole delta log had been compacted: the
+/// shard's counter and the publisher's position at the identity count (one
+/// enrollment each), no log entries. Returns the identity count.
+async fn seed_shard(uri: &str, shard: &str, templates: usize, per_person: usize) -> usize {
+    let people = templates.div_ceil(per_person);
     let store = Store::connect(uri, "fleet", 4, Duration::from_secs(10), None).await.unwrap();
     let (identities, vectors) =
         (store.database().collection::<Document>("identities"), store.database().collection::<Document>("templates"));
@@ -322,9 +326,9 @@ async fn seed_shard(uri: &str, shard: &str, templates: usize) {
         (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
     };
     const PAGE: usize = 5000;
-    for start in (0..templates).step_by(PAGE) {
-        let range = start..(start + PAGE).min(templates);
-        let people: Vec<Document> = range
+    for start in (0..people).step_by(PAGE) {
+        let range = start..(start + PAGE).min(people);
+        let identities_page: Vec<Document> = range
             .clone()
             .map(|i| {
                 doc! { "_id": format!("person-{i:07}"), "name": format!("Person {i}"), "valid_from": null,
@@ -333,22 +337,29 @@ async fn seed_shard(uri: &str, shard: &str, templates: usize) {
             })
             .collect();
         let faces: Vec<Document> = range
-            .map(|i| {
+            .flat_map(|i| (0..per_person).map(move |k| (i, k)))
+            .filter(|(i, k)| i * per_person + k < templates)
+            .map(|(i, k)| {
                 let mut v: Vec<f32> = (0..128).map(|_| noise()).collect();
                 let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
                 v.iter_mut().for_each(|x| *x /= norm);
-                doc! { "_id": format!("tp-{i:07}"), "identity": format!("person-{i:07}"), "model_id": MODEL,
+                doc! { "_id": format!("tp-{i:07}-{k:02}"), "identity": format!("person-{i:07}"), "model_id": MODEL,
                 "vector": bson_binary(v.iter().flat_map(|x| x.to_le_bytes()).collect()), "photo": "bench",
                 "created_at": 0_i64 }
             })
             .collect();
-        identities.insert_many(people).await.unwrap();
+        identities.insert_many(identities_page).await.unwrap();
         vectors.insert_many(faces).await.unwrap();
     }
-    let head = templates as i64;
     let counter = format!("delta:{shard}");
-    store.database().collection::<Document>("counters").insert_one(doc! { "_id": counter, "seq": head }).await.unwrap();
-    store.record_published(&ShardId::new(shard).unwrap(), templates as u64, "bench").await.unwrap();
+    store
+        .database()
+        .collection::<Document>("counters")
+        .insert_one(doc! { "_id": counter, "seq": people as i64 })
+        .await
+        .unwrap();
+    store.record_published(&ShardId::new(shard).unwrap(), people as u64, "bench").await.unwrap();
+    people
 }
 
 /// A kiosk that has never synced `big` (a fresh device, or one back after
@@ -362,13 +373,13 @@ async fn snapshot(
     uri: &str,
     tls: &Arc<rustls::ClientConfig>,
     keys: &TrustedKeys,
-    templates: usize,
+    (templates, per_person): (usize, usize),
     broker: Broker,
     figures: &mut Figures,
 ) {
     let seeding = Instant::now();
-    seed_shard(uri, "big", templates).await;
-    println!("{broker:?}: {templates} identities and templates written to MongoDB in {:?}", seeding.elapsed());
+    let people = seed_shard(uri, "big", templates, per_person).await;
+    println!("{broker:?}: {people} identities, {templates} templates written to MongoDB in {:?}", seeding.elapsed());
     let root = tempfile::tempdir().unwrap();
     let key = root.path().join("device.key");
     DeviceKey::generate(&key).unwrap();
@@ -412,7 +423,7 @@ async fn snapshot(
                 }
                 DeviceAction::ApplySnapshot { shard, seq, entries } => {
                     let received = asked.elapsed();
-                    assert_eq!((entries.len(), seq), (templates, templates as u64));
+                    assert_eq!((entries.len(), seq), (people, people as u64));
                     let local = tokio::task::block_in_place(|| gallery.apply_snapshot(&shard, seq, &entries)).unwrap();
                     done = Some((received, asked.elapsed(), local));
                 }
@@ -437,13 +448,23 @@ async fn snapshot(
     };
     let _ = client.disconnect().await;
     assert_eq!(gallery.stats().unwrap().templates, templates);
+    let read = server_snapshot_read(&central.server_log());
     figures.report(format!(
-        "{broker:?} | snapshot | {templates} templates, {chunks} down messages, {:.1} MB | received and verified {:.2} s | applied {:.2} s | total {:.2} s",
+        "{broker:?} | snapshot | {templates} templates of {people} people, {chunks} down messages, {:.1} MB | server read {:.2} s | received and verified {:.2} s | applied {:.2} s | total {:.2} s",
         bytes as f64 / 1e6,
+        read.as_secs_f64(),
         received.as_secs_f64(),
         (applied - received).as_secs_f64(),
         applied.as_secs_f64()
     ));
+}
+
+/// How long the server's last snapshot read from MongoDB took, from its
+/// log line `snapshot read; sending it … read_ms=N` (part of "received").
+fn server_snapshot_read(log: &str) -> Duration {
+    let line = log.lines().rev().find(|l| l.contains("snapshot read; sending it")).expect("the server logs its snapshot read");
+    let ms = line.split_once("read_ms=").and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next());
+    Duration::from_millis(ms.and_then(|ms| ms.parse().ok()).unwrap_or_else(|| panic!("no read_ms in {line:?}")))
 }
 
 fn main() {
@@ -470,6 +491,12 @@ fn main() {
         Ok(n) => n.trim().parse().expect("FACEGATE_BENCH_SNAPSHOT: a number of templates"),
         Err(_) if bench => 100_000,
         Err(_) => 2_000,
+    };
+    let per_person: usize = match std::env::var("FACEGATE_BENCH_SNAPSHOT_PER_PERSON") {
+        Ok(n) => {
+            n.trim().parse().ok().filter(|n| (1..=16).contains(n)).expect("FACEGATE_BENCH_SNAPSHOT_PER_PERSON: 1 to 16")
+        }
+        Err(_) => 4,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut figures = Figures { lines: Vec::new() };
@@ -502,7 +529,7 @@ fn main() {
                 propagation(&central, &sim, &keys, n, rounds, broker, &mut figures).await;
             }
             audit_ingest(&central, &audit_devices, &keys, batches, per_batch, broker, &mut figures).await;
-            snapshot(&central, &db.uri, &snap, &keys, snapshot_templates, broker, &mut figures).await;
+            snapshot(&central, &db.uri, &snap, &keys, (snapshot_templates, per_person), broker, &mut figures).await;
         });
     }
     println!("\nsync figures ({}):", if bench { "cargo bench" } else { "test mode, small" });

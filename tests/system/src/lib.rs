@@ -430,6 +430,11 @@ publisher-lease-ms = 2000
         self.server = Some(process);
     }
 
+    /// Everything the server has logged so far, over all its starts.
+    pub fn server_log(&self) -> String {
+        logs_of(&self.dir, "server", self.starts)
+    }
+
     /// Waits for `/ready`: database, index and broker connection all up.
     pub fn wait_ready(&self) {
         let url = format!("{}/ready", self.api.url);
@@ -660,10 +665,14 @@ dir = "{sync}"
 
     /// Everything the daemon has logged so far.
     pub fn log(&self) -> String {
-        (1..=self.starts)
-            .map(|n| std::fs::read_to_string(self.dir.join(format!("daemon-{n}.log"))).unwrap_or_default())
-            .collect()
+        logs_of(&self.dir, "daemon", self.starts)
     }
+}
+
+/// The logs `dir/{name}-1.log` … `{name}-{starts}.log` in order (a start
+/// numbered for another process has no file of this name).
+fn logs_of(dir: &Path, name: &str, starts: u32) -> String {
+    (1..=starts).map(|n| std::fs::read_to_string(dir.join(format!("{name}-{n}.log"))).unwrap_or_default()).collect()
 }
 
 /// A TCP relay between a kiosk and the broker that the test can cut: the
