@@ -462,7 +462,8 @@ async fn snapshot(
 /// How long the server's last snapshot read from MongoDB took, from its
 /// log line `snapshot read; sending it … read_ms=N` (part of "received").
 fn server_snapshot_read(log: &str) -> Duration {
-    let line = log.lines().rev().find(|l| l.contains("snapshot read; sending it")).expect("the server logs its snapshot read");
+    let line =
+        log.lines().rev().find(|l| l.contains("snapshot read; sending it")).expect("the server logs its snapshot read");
     let ms = line.split_once("read_ms=").and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next());
     Duration::from_millis(ms.and_then(|ms| ms.parse().ok()).unwrap_or_else(|| panic!("no read_ms in {line:?}")))
 }
