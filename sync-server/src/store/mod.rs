@@ -291,7 +291,8 @@ impl Store {
     /// server that scans and tests operators in order (jongodb) rejects most
     /// documents on the bounds before the linear `$in` — measured on 100k
     /// templates, 1,000 ids took 4.2 s as a bare `$in` and 0.16 s behind
-    /// the bounds, which made a 100k-template snapshot read take 100 s.
+    /// the bounds (the 100k-template snapshot bench: 105.6 s before, 16.2 s
+    /// after).
     pub(crate) fn one_of(ids: &[&str]) -> Document {
         match (ids.iter().min(), ids.iter().max()) {
             (Some(least), Some(greatest)) => doc! { "$gte": *least, "$lte": *greatest, "$in": ids },
