@@ -9,16 +9,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use facegate_sync_server::auth::{Role, TokenKeys};
 use facegate_sync_server::devdb::TestDatabase;
 use serde_json::{Value, json};
+
+mod kiosk;
+
+pub use kiosk::{Kiosk, Relay, device_tls, live_clip, walk_up_clip};
 
 /// The repository's root.
 pub fn repo() -> PathBuf {
@@ -543,189 +546,10 @@ pub fn decisions(port: u16) -> Option<f64> {
     )
 }
 
-/// A folder of frames where a person walks up again and again: the live
-/// clip of the test data, then `gap` empty frames (the track ends).
-pub fn walk_up_clip(work: &Path, gap: usize) -> PathBuf {
-    let live = live_clip();
-    let clip = work.join("clip");
-    std::fs::create_dir_all(&clip).unwrap();
-    for entry in std::fs::read_dir(&live).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, clip.join(path.file_name().unwrap())).unwrap();
-    }
-    let mut empty = b"P5\n64 48\n255\n".to_vec();
-    empty.resize(empty.len() + 64 * 48, 16);
-    for i in 0..gap {
-        std::fs::write(clip.join(format!("9{i:02}.pgm")), &empty).unwrap();
-    }
-    clip
-}
-
-/// The live clip of the liveness test data (a person at a kiosk camera).
-pub fn live_clip() -> PathBuf {
-    repo().join("models/testdata/liveness/eval/videos/live_clip")
-}
-
-/// A kiosk daemon on a replay source, provisioned against a server.
-#[derive(Debug)]
-pub struct Kiosk {
-    pub id: String,
-    pub dir: PathBuf,
-    pub metrics_port: u16,
-    config: PathBuf,
-    process: Option<Process>,
-    starts: u32,
-}
-
-impl Kiosk {
-    /// `facegate-daemon provision` with the one-time token, then the
-    /// daemon's configuration: the replay source at `fps`.
-    pub fn provision(work: &Path, server_url: &str, id: &str, token: &str, clip: &Path, fps: f32) -> Self {
-        let dir = work.join(id);
-        let sync = dir.join("sync");
-        let out = Command::new(binary("facegate-daemon"))
-            .args(["provision", "--server", server_url, "--token", token, "--dir", sync.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "provisioning {id}: {}", String::from_utf8_lossy(&out.stderr));
-        let metrics_port = free_port();
-        let config = dir.join("daemon.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"[device]
-id = "{id}"
-
-[models]
-dir = "{models}"
-
-[source]
-kind = "replay"
-path = "{clip}"
-fps = {fps}
-repeat = true
-
-[gallery]
-db = "{db}"
-
-[decision]
-cooldown-ms = 1000
-
-[http]
-listen = "127.0.0.1:{metrics_port}"
-
-[sync]
-dir = "{sync}"
-"#,
-                models = repo().join("models").display(),
-                clip = clip.display(),
-                db = dir.join("db").display(),
-                sync = sync.display(),
-            ),
-        )
-        .unwrap();
-        Self { id: id.into(), dir, metrics_port, config, process: None, starts: 0 }
-    }
-
-    pub fn start(&mut self) {
-        assert!(self.process.is_none(), "{} is already running", self.id);
-        self.starts += 1;
-        let log = self.dir.join(format!("daemon-{}.log", self.starts));
-        let mut command = Command::new(binary("facegate-daemon"));
-        command.args(["run", "--config", self.config.to_str().unwrap()]).env("RUST_LOG", "info");
-        self.process = Some(Process::spawn_logged(&format!("facegate-daemon {}", self.id), &mut command, &log));
-    }
-
-    /// SIGTERM; the daemon must stop cleanly.
-    pub fn stop(&mut self) {
-        let status = self.process.take().expect("not running").terminate();
-        assert!(status.success(), "{} stopped with {status}", self.id);
-    }
-
-    /// The sync directory (device key, certificate, provisioning answer).
-    pub fn sync_dir(&self) -> PathBuf {
-        self.dir.join("sync")
-    }
-
-    pub fn metric(&self, name: &str) -> Option<f64> {
-        metric(self.metrics_port, name)
-    }
-
-    pub fn metrics(&self) -> Option<String> {
-        metrics_text(self.metrics_port)
-    }
-
-    pub fn identities(&self) -> Option<u64> {
-        self.metric("facegate_gallery_identities").map(|n| n as u64)
-    }
-
-    pub fn decisions(&self) -> Option<u64> {
-        decisions(self.metrics_port).map(|n| n as u64)
-    }
-
-    /// Everything the daemon has logged so far.
-    pub fn log(&self) -> String {
-        logs_of(&self.dir, "daemon", self.starts)
-    }
-}
-
 /// The logs `dir/{name}-1.log` … `{name}-{starts}.log` in order (a start
 /// numbered for another process has no file of this name).
-fn logs_of(dir: &Path, name: &str, starts: u32) -> String {
+pub(crate) fn logs_of(dir: &Path, name: &str, starts: u32) -> String {
     (1..=starts).map(|n| std::fs::read_to_string(dir.join(format!("{name}-{n}.log"))).unwrap_or_default()).collect()
-}
-
-/// A TCP relay between a kiosk and the broker that the test can cut: the
-/// network outage of a door. While down it closes every relayed connection
-/// and refuses new ones.
-#[derive(Debug)]
-pub struct Relay {
-    pub port: u16,
-    up: Arc<AtomicBool>,
-    open: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl Relay {
-    pub fn start(upstream: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (up2, open2) = (Arc::clone(&up), Arc::clone(&open));
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
-                if !up2.load(Ordering::SeqCst) {
-                    continue; // dropped: the door is offline
-                }
-                let mut open = open2.lock().unwrap();
-                open.extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = from.shutdown(Shutdown::Both);
-                        let _ = to.shutdown(Shutdown::Both);
-                    });
-                }
-            }
-        });
-        Self { port, up, open }
-    }
-
-    pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for stream in self.open.lock().unwrap().drain(..) {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-    }
-
-    pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
 }
 
 /// Reads a child's stdout lines on a thread, sending each JSON line with a
@@ -776,27 +600,4 @@ pub fn people() -> Vec<(String, PathBuf)> {
         .filter(|(_, identity)| seen.insert(identity.to_string()))
         .map(|(path, identity)| (identity.replace('_', " "), faces.join(path)))
         .collect()
-}
-
-/// A rustls client configuration (ring) for an MQTT client holding the
-/// certificate `facegate-daemon provision` wrote into `sync_dir`: trusts the
-/// provisioned CA, presents the device certificate.
-pub fn device_tls(sync_dir: &Path) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(sync_dir.join("ca.pem")).unwrap() {
-        roots.add(ca.unwrap()).unwrap();
-    }
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(sync_dir.join("device.crt")).unwrap().map(Result::unwrap).collect();
-    let key = PrivateKeyDer::from_pem_file(sync_dir.join("device.key")).unwrap();
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap(),
-    )
 }
