@@ -1,8 +1,10 @@
-//! The wire format: a CBOR envelope `{v, kind, body, sig?, key?}` around a
-//! CBOR-encoded message. Server → device bodies are signed with Ed25519; the
-//! signature covers a domain tag, the kind and the body bytes — so every field
-//! of the message, sequence numbers and the addressed device included, is
-//! covered, and a body cannot be moved to another kind. Sizes are checked
+//! The wire format: a CBOR envelope `{v, kind, body, sig, key}` around a
+//! CBOR-encoded message. Every message is signed: server → device bodies
+//! with the central Ed25519 key, device → server bodies with the device's
+//! ECDSA P-256 key (its certificate's key). The signature covers a domain
+//! tag, the kind and the body bytes — so every field of the message,
+//! sequence numbers and the addressed device included, is covered, and a
+//! body cannot be moved to another kind. Sizes are checked
 //! before parsing, the version and kind after, the signature before the body
 //! is decoded, and the decoded message is validated before anyone may act on
 //! it. Replays of correctly signed messages are the sync state machines'
@@ -12,13 +14,16 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::ids::ShardId;
 use crate::messages::{
-    AuditBatch, AuditEvent, DeltaBatch, DeltaOp, DeviceStatus, Down, DownMessage, MAX_AUDIT_BATCH_EVENTS,
+    Assignment, AuditBatch, AuditEvent, DeltaBatch, DeltaOp, DeviceStatus, Down, DownMessage, MAX_AUDIT_BATCH_EVENTS,
     MAX_DELTA_OPS, MAX_MODEL_ID_BYTES, MAX_NAME_BYTES, MAX_REASON_BYTES, MAX_SNAPSHOT_CHUNK_ENTRIES,
     MAX_SNAPSHOT_CHUNKS, MAX_STATUS_SHARDS, MAX_TEMPLATE_BYTES, MAX_TEMPLATES_PER_IDENTITY, SnapshotChunk,
     SnapshotEntry, TemplateRecord, Up, UpMessage,
 };
-use crate::signing::{KeyId, SIGNATURE_LEN, SigningKey, TrustedKeys};
+use crate::signing::{
+    DEVICE_SIGNATURE_MAX_LEN, DevicePublicKey, DeviceSigningKey, KeyId, SIGNATURE_LEN, SigningKey, TrustedKeys,
+};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -37,9 +42,9 @@ pub enum Kind {
     Delta,
     /// `facegate/v1/device/{device}/down`: a signed [`DownMessage`].
     Down,
-    /// `facegate/v1/device/{device}/up`: an [`UpMessage`].
+    /// `facegate/v1/device/{device}/up`: a device-signed [`UpMessage`].
     Up,
-    /// `facegate/v1/device/{device}/status`: a [`DeviceStatus`].
+    /// `facegate/v1/device/{device}/status`: a device-signed [`DeviceStatus`].
     Status,
 }
 
@@ -53,8 +58,12 @@ impl Kind {
         }
     }
 
-    pub const fn signed(self) -> bool {
-        matches!(self, Self::Delta | Self::Down)
+    /// Who signs messages of this kind.
+    pub const fn signer(self) -> Signer {
+        match self {
+            Self::Delta | Self::Down => Signer::Central,
+            Self::Up | Self::Status => Signer::Device,
+        }
     }
 
     pub const fn as_str(self) -> &'static str {
@@ -73,6 +82,15 @@ impl Kind {
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| kind.as_str() == name)
     }
+}
+
+/// Who signs a kind of message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signer {
+    /// The central Ed25519 key (pinned by devices at provisioning).
+    Central,
+    /// The sending device's ECDSA P-256 key (from its certificate).
+    Device,
 }
 
 /// Why bytes were refused. Nothing is applied for any of these.
@@ -94,8 +112,8 @@ pub enum ProtocolError {
     UnknownKey { kind: &'static str, key: String },
     #[error("{kind} message has a bad signature")]
     BadSignature { kind: &'static str },
-    #[error("{kind} message carries a signature where none belongs")]
-    UnexpectedSignature { kind: &'static str },
+    #[error("{kind} message must be signed by the {expected} key")]
+    WrongSigner { kind: &'static str, expected: &'static str },
     #[error("invalid {kind} message: {message}")]
     Invalid { kind: &'static str, message: String },
     #[error("cannot encode {kind} message: {message}")]
@@ -157,9 +175,22 @@ fn signed_bytes(kind: Kind, body: &[u8]) -> Vec<u8> {
     data
 }
 
-fn seal(kind: Kind, body: Vec<u8>, key: Option<&SigningKey>) -> Result<Vec<u8>, ProtocolError> {
+/// A key that can seal an envelope.
+#[derive(Debug, Clone, Copy)]
+pub enum SealKey<'a> {
+    Central(&'a SigningKey),
+    Device(&'a DeviceSigningKey),
+}
+
+fn seal(kind: Kind, body: Vec<u8>, key: Option<SealKey<'_>>) -> Result<Vec<u8>, ProtocolError> {
     let (sig, key) = match key {
-        Some(key) => (Some(key.sign(&signed_bytes(kind, &body))), Some(key.key_id().0.to_vec())),
+        Some(SealKey::Central(key)) => (Some(key.sign(&signed_bytes(kind, &body))), Some(key.key_id().0.to_vec())),
+        Some(SealKey::Device(key)) => {
+            let sig = key
+                .sign(&signed_bytes(kind, &body))
+                .map_err(|e| ProtocolError::Encode { kind: kind.as_str(), message: e.to_string() })?;
+            (Some(sig), Some(key.key_id().0.to_vec()))
+        }
         None => (None, None),
     };
     let envelope = Envelope { v: u64::from(PROTOCOL_VERSION), kind: kind.as_str().to_string(), body, sig, key };
@@ -170,32 +201,32 @@ fn seal(kind: Kind, body: Vec<u8>, key: Option<&SigningKey>) -> Result<Vec<u8>, 
     Ok(bytes)
 }
 
-/// Encodes and signs a server → device message.
+/// Encodes and signs a server → device message with the central key.
 pub fn encode_signed<M: Message>(message: &M, key: &SigningKey) -> Result<Vec<u8>, ProtocolError> {
     let kind = M::KIND;
-    if !kind.signed() {
-        return Err(ProtocolError::Encode { kind: kind.as_str(), message: "this kind is never signed".into() });
+    if kind.signer() != Signer::Central {
+        return Err(ProtocolError::WrongSigner { kind: kind.as_str(), expected: "device" });
     }
     message.validate().map_err(|message| ProtocolError::Invalid { kind: kind.as_str(), message })?;
-    seal(kind, to_cbor(kind, message)?, Some(key))
+    seal(kind, to_cbor(kind, message)?, Some(SealKey::Central(key)))
 }
 
-/// Encodes an unsigned device → server message.
-pub fn encode<M: Message>(message: &M) -> Result<Vec<u8>, ProtocolError> {
+/// Encodes and signs a device → server message with the device's key.
+pub fn encode_device_signed<M: Message>(message: &M, key: &DeviceSigningKey) -> Result<Vec<u8>, ProtocolError> {
     let kind = M::KIND;
-    if kind.signed() {
-        return Err(ProtocolError::Encode { kind: kind.as_str(), message: "this kind must be signed".into() });
+    if kind.signer() != Signer::Device {
+        return Err(ProtocolError::WrongSigner { kind: kind.as_str(), expected: "central" });
     }
     message.validate().map_err(|message| ProtocolError::Invalid { kind: kind.as_str(), message })?;
-    seal(kind, to_cbor(kind, message)?, None)
+    seal(kind, to_cbor(kind, message)?, Some(SealKey::Device(key)))
 }
 
 /// Wraps `body` — any bytes, not checked — in a current envelope of `kind`,
 /// signed with `key` when given (whatever the kind). For tests, fuzzing and
-/// tools that must produce malformed or misdirected messages; production code
-/// uses [`encode`] and [`encode_signed`]. Still refuses an envelope over the
-/// kind's size limit.
-pub fn seal_unchecked(kind: Kind, body: &[u8], key: Option<&SigningKey>) -> Result<Vec<u8>, ProtocolError> {
+/// tools that must produce malformed, unsigned or misdirected messages;
+/// production code uses [`encode_signed`] and [`encode_device_signed`].
+/// Still refuses an envelope over the kind's size limit.
+pub fn seal_unchecked(kind: Kind, body: &[u8], key: Option<SealKey<'_>>) -> Result<Vec<u8>, ProtocolError> {
     seal(kind, body.to_vec(), key)
 }
 
@@ -227,16 +258,30 @@ fn body<M: Message>(envelope: &Envelope) -> Result<M, ProtocolError> {
     Ok(message)
 }
 
-/// Decodes a signed message, verifying its signature against the pinned keys
-/// before the body is parsed.
-pub fn decode_verified<M: Message>(bytes: &[u8], keys: &TrustedKeys) -> Result<M, ProtocolError> {
-    let kind = M::KIND;
-    let envelope = open(kind, bytes)?;
+/// The signature and key id of an envelope, or why there are none.
+fn signature_of(kind: Kind, envelope: &Envelope) -> Result<(&[u8], KeyId), ProtocolError> {
     let (Some(sig), Some(key)) = (&envelope.sig, &envelope.key) else {
         return Err(ProtocolError::Unsigned { kind: kind.as_str() });
     };
     let key_id = KeyId::from_slice(key)
         .ok_or_else(|| ProtocolError::UnknownKey { kind: kind.as_str(), key: hex(&key[..key.len().min(32)]) })?;
+    Ok((sig, key_id))
+}
+
+/// Decodes a centrally signed message, verifying its signature against the
+/// pinned keys before the body is parsed.
+pub fn decode_verified<M: Message>(bytes: &[u8], keys: &TrustedKeys) -> Result<M, ProtocolError> {
+    decode_verified_with_key(bytes, keys).map(|(message, _)| message)
+}
+
+/// [`decode_verified`], also naming the key that signed the message.
+pub fn decode_verified_with_key<M: Message>(bytes: &[u8], keys: &TrustedKeys) -> Result<(M, KeyId), ProtocolError> {
+    let kind = M::KIND;
+    if kind.signer() != Signer::Central {
+        return Err(ProtocolError::WrongSigner { kind: kind.as_str(), expected: "device" });
+    }
+    let envelope = open(kind, bytes)?;
+    let (sig, key_id) = signature_of(kind, &envelope)?;
     let public =
         keys.get(&key_id).ok_or_else(|| ProtocolError::UnknownKey { kind: kind.as_str(), key: key_id.to_string() })?;
     if sig.len() != SIGNATURE_LEN {
@@ -245,16 +290,33 @@ pub fn decode_verified<M: Message>(bytes: &[u8], keys: &TrustedKeys) -> Result<M
     public
         .verify(&signed_bytes(kind, &envelope.body), sig)
         .map_err(|_| ProtocolError::BadSignature { kind: kind.as_str() })?;
+    Ok((body(&envelope)?, key_id))
+}
+
+/// Decodes a device-signed message, verifying its signature against the
+/// device's public key before the body is parsed.
+pub fn decode_device_verified<M: Message>(bytes: &[u8], key: &DevicePublicKey) -> Result<M, ProtocolError> {
+    let kind = M::KIND;
+    if kind.signer() != Signer::Device {
+        return Err(ProtocolError::WrongSigner { kind: kind.as_str(), expected: "central" });
+    }
+    let envelope = open(kind, bytes)?;
+    let (sig, key_id) = signature_of(kind, &envelope)?;
+    if key_id != key.key_id() {
+        return Err(ProtocolError::UnknownKey { kind: kind.as_str(), key: key_id.to_string() });
+    }
+    if sig.is_empty() || sig.len() > DEVICE_SIGNATURE_MAX_LEN {
+        return Err(ProtocolError::BadSignature { kind: kind.as_str() });
+    }
+    key.verify(&signed_bytes(kind, &envelope.body), sig)
+        .map_err(|_| ProtocolError::BadSignature { kind: kind.as_str() })?;
     body(&envelope)
 }
 
-/// Decodes an unsigned message.
-pub fn decode<M: Message>(bytes: &[u8]) -> Result<M, ProtocolError> {
-    let kind = M::KIND;
-    let envelope = open(kind, bytes)?;
-    if envelope.sig.is_some() || envelope.key.is_some() {
-        return Err(ProtocolError::UnexpectedSignature { kind: kind.as_str() });
-    }
+/// Decodes the body of a message without checking its signature: only for
+/// tools that display what they captured, never to act on.
+pub fn decode_unverified<M: Message>(bytes: &[u8]) -> Result<M, ProtocolError> {
+    let envelope = open(M::KIND, bytes)?;
     body(&envelope)
 }
 
@@ -312,6 +374,9 @@ fn validate_ops(ops: &[DeltaOp]) -> Result<(), String> {
 impl Message for DeltaBatch {
     const KIND: Kind = Kind::Delta;
     fn validate(&self) -> Result<(), String> {
+        if self.epoch == 0 {
+            return Err("epoch 0 is not an epoch".into());
+        }
         if self.seq <= self.base_seq {
             return Err(format!("seq {} is not after base_seq {}", self.seq, self.base_seq));
         }
@@ -328,12 +393,43 @@ impl Message for DownMessage {
         match &self.body {
             Down::Deltas(batch) => batch.validate(),
             Down::Snapshot(chunk) => validate_snapshot(chunk),
+            Down::Freshness(proof) => {
+                if proof.epoch == 0 {
+                    return Err("epoch 0 is not an epoch".into());
+                }
+                if proof.heads.len() > MAX_STATUS_SHARDS {
+                    return Err(format!("{} shard heads (at most {MAX_STATUS_SHARDS})", proof.heads.len()));
+                }
+                validate_assignment(&proof.assignment)
+            }
+            Down::Assignment(assignment) => validate_assignment(assignment),
+            Down::KeyRollover { new_key } => {
+                if new_key.len() != 32 {
+                    return Err(format!("an Ed25519 public key is 32 bytes, got {}", new_key.len()));
+                }
+                Ok(())
+            }
             Down::AuditAck { .. } | Down::Command { .. } | Down::Head { .. } => Ok(()),
         }
     }
 }
 
+fn validate_assignment(assignment: &Assignment) -> Result<(), String> {
+    if assignment.shards.len() > MAX_STATUS_SHARDS {
+        return Err(format!("{} shards assigned (at most {MAX_STATUS_SHARDS})", assignment.shards.len()));
+    }
+    let mut sorted: Vec<&ShardId> = assignment.shards.iter().collect();
+    sorted.sort();
+    if sorted.windows(2).any(|w| w[0] == w[1]) {
+        return Err("a shard is assigned twice".into());
+    }
+    Ok(())
+}
+
 fn validate_snapshot(chunk: &SnapshotChunk) -> Result<(), String> {
+    if chunk.epoch == 0 {
+        return Err("epoch 0 is not an epoch".into());
+    }
     if chunk.count == 0 || chunk.index >= chunk.count || chunk.count > MAX_SNAPSHOT_CHUNKS {
         return Err(format!("chunk {} of {} (at most {MAX_SNAPSHOT_CHUNKS} chunks)", chunk.index, chunk.count));
     }
@@ -393,9 +489,12 @@ impl Message for UpMessage {
                 if let Some(e) = events.iter().find(|e| e.device != self.device) {
                     return Err(format!("audit event of device {} sent by {}", e.device, self.device));
                 }
+                if events.windows(2).any(|pair| pair[0].epoch != pair[1].epoch) {
+                    return Err("audit events of several outbox epochs in one batch".into());
+                }
                 events.iter().try_for_each(validate_event)
             }
-            Up::ResyncRequest { .. } | Up::Applied { .. } => Ok(()),
+            Up::ResyncRequest { .. } | Up::Applied { .. } | Up::FreshnessRequest { .. } => Ok(()),
         }
     }
 }

@@ -11,8 +11,9 @@ pub mod sync;
 pub mod topics;
 
 pub use codec::{
-    Kind, Message, PROTOCOL_VERSION, ProtocolError, decode, decode_verified, encode, encode_signed, seal_unchecked,
+    Kind, Message, PROTOCOL_VERSION, ProtocolError, SealKey, Signer, decode_device_verified, decode_unverified,
+    decode_verified, decode_verified_with_key, encode_device_signed, encode_signed, seal_unchecked,
 };
 pub use ids::{DeviceId, IdentityId, InvalidId, ShardId};
 pub use messages::*;
-pub use signing::{KeyError, KeyId, PublicKey, SigningKey, TrustedKeys};
+pub use signing::{DevicePublicKey, DeviceSigningKey, KeyError, KeyId, PublicKey, SigningKey, TrustedKeys};

@@ -48,6 +48,18 @@ pub struct IdentityRecord {
     pub valid_until: Option<UnixSeconds>,
     /// Incremented centrally on every change of the record or its templates.
     pub version: u64,
+    /// May be granted while the door's gallery is stale (security staff):
+    /// see [`FreshnessProof`]. Off unless an administrator set it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub offline_access: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl IdentityRecord {
@@ -83,6 +95,10 @@ pub enum DeltaOp {
 #[serde(deny_unknown_fields)]
 pub struct DeltaBatch {
     pub shard: ShardId,
+    /// The log's epoch ([`FreshnessProof::epoch`]): sequence numbers of
+    /// different epochs are unrelated, so a device applies only batches of
+    /// its own epoch.
+    pub epoch: u64,
     pub base_seq: u64,
     pub seq: u64,
     pub ops: Vec<DeltaOp>,
@@ -103,6 +119,8 @@ pub struct SnapshotEntry {
 #[serde(deny_unknown_fields)]
 pub struct SnapshotChunk {
     pub shard: ShardId,
+    /// The log's epoch the snapshot belongs to.
+    pub epoch: u64,
     pub seq: u64,
     /// Distinguishes two snapshots of the same shard and seq.
     pub snapshot: u64,
@@ -123,6 +141,33 @@ pub enum Command {
     RotateKey,
 }
 
+/// Which shards a device serves: `version` increases with every change
+/// (a database counter), so an older assignment is never applied again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assignment {
+    pub version: u64,
+    pub shards: Vec<ShardId>,
+}
+
+/// The centre's signed word that, when it answered the device's request
+/// `nonce`, the log of epoch `epoch` ended at `heads` and the device was
+/// assigned `assignment`. The nonce is the device's own random number, so a
+/// proof cannot be replayed: a device counts a proof only against the
+/// request it sent, and is fresh as of the moment it sent that request, for
+/// each shard it has applied up to the proof's head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreshnessProof {
+    pub nonce: u64,
+    /// Changes when the log is reset or the database is restored: a device
+    /// of another epoch forgets its synced shards and fetches them anew.
+    pub epoch: u64,
+    pub assignment: Assignment,
+    /// The head of every assigned shard (shards with no entry yet at 0).
+    pub heads: Vec<ShardProgress>,
+}
+
 /// What the centre sends one device on its `down` topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -130,8 +175,11 @@ pub enum Down {
     /// Deltas answering a resync request.
     Deltas(DeltaBatch),
     Snapshot(SnapshotChunk),
-    /// Every audit event with `seq <= up_to_seq` is stored centrally.
+    /// Every audit event of outbox `epoch` with `seq <= up_to_seq` is
+    /// stored centrally.
     AuditAck {
+        #[serde(default, skip_serializing_if = "is_zero")]
+        epoch: u64,
         up_to_seq: u64,
     },
     /// `id` increases per device, so a replayed command is refused.
@@ -145,6 +193,17 @@ pub enum Down {
     Head {
         shard: ShardId,
         seq: u64,
+    },
+    /// The answer to [`Up::FreshnessRequest`].
+    Freshness(FreshnessProof),
+    /// The device's shards changed (pushed when an administrator changes
+    /// its groups; proofs carry it too, for a device that missed the push).
+    Assignment(Assignment),
+    /// Trust `new_key` instead of the key that signed this message: the
+    /// central signing key is being replaced. Signed by the outgoing key.
+    KeyRollover {
+        #[serde(with = "serde_bytes")]
+        new_key: Vec<u8>,
     },
 }
 
@@ -211,7 +270,13 @@ pub struct StageMillis {
 #[serde(deny_unknown_fields)]
 pub struct AuditEvent {
     pub device: DeviceId,
-    /// Per device, strictly increasing; with `device`, the event's identity.
+    /// The outbox's epoch: a random number chosen when the kiosk database
+    /// was created, so a re-created database never reuses the key of an
+    /// earlier event. 0: an event from before epochs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+    /// Per device and epoch, strictly increasing; with `device` and
+    /// `epoch`, the event's identity.
     pub seq: u64,
     pub at: UnixMillis,
     pub decision: Decision,
@@ -250,10 +315,17 @@ pub enum Up {
         shard: ShardId,
         seq: u64,
     },
+    /// "Tell me the heads of my shards": answered by [`Down::Freshness`]
+    /// echoing `nonce` (random per request).
+    FreshnessRequest {
+        nonce: u64,
+    },
 }
 
-/// A message from one device. The broker only lets a device publish on its
-/// own topic, and the server checks `device` against the topic.
+/// A message from one device, signed with the device's provisioned key (the
+/// key of its client certificate). The broker only lets a device publish on
+/// its own topic, and the server checks `device` against the topic and the
+/// signature against the device's certificate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpMessage {
@@ -287,4 +359,14 @@ pub struct DeviceStatus {
     /// none. The server stops re-sending commands up to it.
     #[serde(default)]
     pub last_command: u64,
+    /// Whether the door's gallery is stale (no valid freshness proof within
+    /// its staleness bound): it then grants only `offline_access` people.
+    #[serde(default)]
+    pub stale: bool,
+    /// The assignment version the device serves.
+    #[serde(default)]
+    pub assignment: u64,
+    /// The central signing key the device trusts now (hex key id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_key: Option<String>,
 }

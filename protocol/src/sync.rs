@@ -80,6 +80,18 @@ pub enum Rejection {
     Overlap { shard: ShardId, base: u64, seq: u64, applied: u64 },
     #[error("delta {base}..{seq} of shard {shard} is after a gap (applied {applied}): held back, resync asked for")]
     Gap { shard: ShardId, base: u64, seq: u64, applied: u64 },
+    #[error("message of epoch {found}, but this side is in epoch {expected}")]
+    WrongEpoch { found: u64, expected: u64 },
+    #[error("assignment version {version} is not after the current {current}")]
+    OldAssignment { version: u64, current: u64 },
+    #[error("freshness proof for a nonce this device did not ask with (a replay, or too late)")]
+    UnknownNonce,
+    #[error("shard {shard} is applied up to {applied}, beyond the log's head {head}: the log went back without a new epoch")]
+    AheadOfLog { shard: ShardId, applied: u64, head: u64 },
+    #[error("device {0} is unknown or revoked")]
+    UnknownDevice(DeviceId),
+    #[error("device {0} asks too often")]
+    RateLimited(DeviceId),
 }
 
 impl Rejection {
@@ -92,7 +104,7 @@ impl Rejection {
                 ProtocolError::Malformed { .. } => "malformed",
                 ProtocolError::Version { .. } => "version",
                 ProtocolError::UnknownKind { .. } | ProtocolError::WrongKind { .. } => "wrong_kind",
-                ProtocolError::Unsigned { .. } | ProtocolError::UnexpectedSignature { .. } => "unsigned",
+                ProtocolError::Unsigned { .. } | ProtocolError::WrongSigner { .. } => "unsigned",
                 ProtocolError::UnknownKey { .. } => "unknown_key",
                 ProtocolError::BadSignature { .. } => "bad_signature",
                 ProtocolError::Invalid { .. } => "invalid",
@@ -107,6 +119,12 @@ impl Rejection {
             Self::Stale { .. } => "stale",
             Self::Overlap { .. } => "overlap",
             Self::Gap { .. } => "gap",
+            Self::WrongEpoch { .. } => "wrong_epoch",
+            Self::OldAssignment { .. } => "old_assignment",
+            Self::UnknownNonce => "unknown_nonce",
+            Self::AheadOfLog { .. } => "ahead_of_log",
+            Self::UnknownDevice(_) => "unknown_device",
+            Self::RateLimited(_) => "rate_limited",
         }
     }
 

@@ -10,23 +10,41 @@
 //! | [`DeviceAction::ApplySnapshot`] | replaces the shard in one transaction | the same |
 //! | [`DeviceAction::LoadAudit`] | reads up to `limit` pending events, oldest first | [`DeviceInput::AuditLoaded`] |
 //! | [`DeviceAction::AckAudit`] | deletes outbox events `seq <= up_to_seq` | [`DeviceInput::OutboxChanged`] |
-//! | [`DeviceAction::Execute`] | stores `id` as the last command id, runs the command | — |
+//! | [`DeviceAction::Execute`] | runs the command, then stores `id` as the last command id | — |
+//! | [`DeviceAction::Subscribe`] / [`DeviceAction::Unsubscribe`] | changes the MQTT subscriptions | — |
+//! | [`DeviceAction::PurgeShards`] | forgets the shards' identities and seqs in one transaction | [`DeviceInput::Purged`] or [`DeviceInput::PurgeFailed`] |
+//! | [`DeviceAction::Persist`] | writes the epoch and assignment durably | — |
+//! | [`DeviceAction::TrustKeys`] | writes the central keys to trust durably | — |
 //! | [`DeviceAction::Rejected`] | logs and counts it | — |
+//!
+//! # Freshness
+//!
+//! Every uplink is signed with the device's key. Every
+//! [`DeviceConfig::freshness_interval_ms`] the machine asks the server for a
+//! [`FreshnessProof`] with a fresh random nonce. A proof that echoes a
+//! nonce this machine sent makes each shard the device has applied up to the
+//! proof's head *verified as of the moment the request was sent*; a shard
+//! behind the head becomes verified when it catches up. [`DeviceSync::fresh_until`]
+//! is the moment the door turns stale: the oldest shard verification plus
+//! [`DeviceConfig::max_staleness_ms`]. Replayed, withheld or delayed proofs
+//! can only make the door staler, never fresher; a proof of another epoch
+//! makes the device forget its synced shards and fetch them anew; the
+//! proof's assignment adds and drops shards (dropped ones are purged).
 //!
 //! It also calls [`DeviceSync::handle`] with [`DeviceInput::Tick`] at
 //! [`DeviceSync::next_deadline`], and with [`DeviceInput::OutboxChanged`]
 //! whenever a decision is appended to the outbox. See [`crate::sync`] for the
 //! invariants.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::codec::{decode_verified, encode};
+use crate::codec::{Message, ProtocolError, decode_verified_with_key, encode_device_signed};
 use crate::ids::{DeviceId, ShardId};
 use crate::messages::{
-    AuditEvent, Command, DeltaBatch, DeviceStatus, Down, DownMessage, MAX_AUDIT_BATCH_EVENTS, ShardProgress,
-    SnapshotChunk, SnapshotEntry, UnixMillis, Up, UpMessage,
+    Assignment, AuditEvent, Command, DeltaBatch, DeviceStatus, Down, DownMessage, FreshnessProof,
+    MAX_AUDIT_BATCH_EVENTS, ShardProgress, SnapshotChunk, SnapshotEntry, UnixMillis, Up, UpMessage,
 };
-use crate::signing::TrustedKeys;
+use crate::signing::{DeviceSigningKey, KeyId, PublicKey, TrustedKeys};
 use crate::sync::{Backoff, Publish, Rejection, after};
 use crate::topics::{self, Topic};
 
@@ -56,6 +74,20 @@ pub struct DeviceConfig {
     /// Batches ahead of the applied sequence kept per shard until the
     /// missing ones arrive.
     pub max_buffered_batches: usize,
+    /// The door is stale this long after its oldest shard was last verified
+    /// current by a freshness proof; 0: never stale (an explicit choice).
+    pub max_staleness_ms: u64,
+    /// A freshness proof is asked for this often while connected.
+    pub freshness_interval_ms: u64,
+}
+
+impl DeviceConfig {
+    /// How often to ask for a proof so that a connected door is never stale
+    /// under `max_staleness_ms`: four tries per staleness window, at least
+    /// every second, at most every minute.
+    pub fn freshness_interval_for(max_staleness_ms: u64) -> u64 {
+        if max_staleness_ms == 0 { 60_000 } else { (max_staleness_ms / 4).clamp(1_000, 60_000) }
+    }
 }
 
 impl Default for DeviceConfig {
@@ -71,9 +103,21 @@ impl Default for DeviceConfig {
             snapshot_timeout_ms: 60_000,
             max_snapshot_assemblies: 2,
             max_buffered_batches: 16,
+            max_staleness_ms: DEFAULT_MAX_STALENESS_MS,
+            freshness_interval_ms: Self::freshness_interval_for(DEFAULT_MAX_STALENESS_MS),
         }
     }
 }
+
+/// The default staleness bound: 5 minutes (see the README's staleness
+/// arithmetic).
+pub const DEFAULT_MAX_STALENESS_MS: u64 = 300_000;
+
+/// Outstanding freshness requests remembered (answers may come late or out
+/// of order; older ones are forgotten).
+const MAX_OUTSTANDING_NONCES: usize = 8;
+/// Proof heads a shard waits to reach, newest kept.
+const MAX_PENDING_PROOFS: usize = 4;
 
 /// What the device has persisted and hands the machine at start.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -81,10 +125,27 @@ pub struct DeviceState {
     /// Every shard assigned to the device with its applied sequence number
     /// (0 for a shard never synced).
     pub shards: Vec<ShardProgress>,
+    /// The version of that assignment (0: as provisioned).
+    pub assignment_version: u64,
+    /// The log epoch the applied seqs belong to (0: not known yet; the
+    /// first proof's epoch is adopted).
+    pub epoch: u64,
     /// The id of the last command executed (0: none).
     pub last_command_id: u64,
     /// Events in the audit outbox.
     pub outbox_depth: u64,
+    /// The outbox's epoch ([`AuditEvent::epoch`]): acknowledgements of
+    /// another epoch are ignored.
+    pub outbox_epoch: u64,
+    /// Secret random bytes the freshness nonces are derived from.
+    pub nonce_seed: [u8; 32],
+}
+
+/// The epoch and assignment to write durably ([`DeviceAction::Persist`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persisted {
+    pub epoch: u64,
+    pub assignment: Assignment,
 }
 
 /// What the device says about itself in its retained status.
@@ -120,6 +181,11 @@ pub enum DeviceInput<'a> {
     AuditLoaded { events: Vec<AuditEvent> },
     /// Health or model changed.
     StatusChanged(StatusInfo),
+    /// The shards of a [`DeviceAction::PurgeShards`] are forgotten.
+    Purged { shards: Vec<ShardId> },
+    /// The purge failed; nothing changed (the machine retries, and the door
+    /// stays stale meanwhile).
+    PurgeFailed { shards: Vec<ShardId> },
     /// Time passed (call at [`DeviceSync::next_deadline`]).
     Tick,
 }
@@ -144,7 +210,7 @@ pub enum DeviceAction {
     AckAudit {
         up_to_seq: u64,
     },
-    /// Persist `id` as the last command id and run the command. For
+    /// Run the command, then persist `id` as the last command id. For
     /// [`Command::Resync`] the machine has already asked; for
     /// [`Command::Wipe`] it has stopped syncing (the shell should
     /// decommission the device so a restart does not sync again).
@@ -152,6 +218,18 @@ pub enum DeviceAction {
         id: u64,
         command: Command,
     },
+    /// Subscribe to these topics (QoS 1): shards newly assigned.
+    Subscribe(Vec<String>),
+    /// Unsubscribe from these topics: shards no longer assigned.
+    Unsubscribe(Vec<String>),
+    /// Forget every identity of these shards (unless another shard holds it)
+    /// and their seqs, in one transaction, then report [`DeviceInput::Purged`].
+    PurgeShards(Vec<ShardId>),
+    /// Write the epoch and assignment durably (after any purge they needed).
+    Persist(Persisted),
+    /// Trust only these central keys from now on (a signing-key rollover):
+    /// write them durably.
+    TrustKeys(Vec<PublicKey>),
     /// A message was refused; log and count it.
     Rejected {
         topic: String,
@@ -186,11 +264,83 @@ struct Shard {
     applied_at_request: u64,
     /// When the shard was last confirmed current, or asked about.
     last_check: UnixMillis,
+    /// When the device last sent a freshness request whose proof found this
+    /// shard at (or past) the head: the shard is current as of then.
+    verified_at: Option<UnixMillis>,
+    /// Heads of proofs the shard has not reached yet, with the time their
+    /// request was sent: reaching one verifies the shard as of that time.
+    pending_proofs: Vec<(u64, UnixMillis)>,
 }
 
 impl Shard {
+    fn new(applied: u64, config: &DeviceConfig, now: UnixMillis) -> Self {
+        Self {
+            applied,
+            applying: None,
+            buffer: BTreeMap::new(),
+            assemblies: Vec::new(),
+            wanted: true,
+            backoff: Backoff::new(config.resync_backoff_min_ms, config.resync_backoff_max_ms),
+            next_request: now,
+            applied_at_request: applied,
+            last_check: now,
+            verified_at: None,
+            pending_proofs: Vec::new(),
+        }
+    }
+
     fn effective(&self) -> u64 {
         self.applying.unwrap_or(self.applied)
+    }
+
+    /// The shard reached `seq` durably: proofs it now satisfies verify it.
+    fn reached(&mut self, seq: u64) {
+        let mut verified = self.verified_at;
+        self.pending_proofs.retain(|&(head, requested)| {
+            if head <= seq {
+                verified = Some(verified.map_or(requested, |v| v.max(requested)));
+                false
+            } else {
+                true
+            }
+        });
+        self.verified_at = verified;
+    }
+}
+
+/// Freshness requests and the state they verify.
+#[derive(Debug)]
+struct Freshness {
+    seed: [u8; 32],
+    counter: u64,
+    /// Requests sent and not answered yet: nonce and send time.
+    outstanding: Vec<(u64, UnixMillis)>,
+    /// When the next request is due.
+    next_request: UnixMillis,
+    /// When the last valid proof's request was sent (any shard).
+    last_proof: Option<UnixMillis>,
+    /// Shards to purge (dropped, or of a past epoch): the door is stale
+    /// until the purge is done.
+    purging: Vec<ShardId>,
+    /// A [`DeviceAction::PurgeShards`] is being carried out.
+    purge_in_flight: bool,
+    /// A failed purge is tried again at this time.
+    purge_retry_at: Option<UnixMillis>,
+    /// Written durably once the purges it needs are done.
+    unsaved: Option<Persisted>,
+}
+
+impl Freshness {
+    fn nonce(&mut self) -> u64 {
+        self.counter += 1;
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(b"facegate freshness nonce\0");
+        context.update(&self.seed);
+        context.update(&self.counter.to_le_bytes());
+        let digest = context.finish();
+        let mut nonce = [0u8; 8];
+        nonce.copy_from_slice(&digest.as_ref()[..8]);
+        u64::from_le_bytes(nonce)
     }
 }
 
@@ -212,8 +362,13 @@ struct AuditOutbox {
 pub struct DeviceSync {
     device: DeviceId,
     keys: TrustedKeys,
+    signer: DeviceSigningKey,
     config: DeviceConfig,
     shards: BTreeMap<ShardId, Shard>,
+    assignment_version: u64,
+    epoch: u64,
+    outbox_epoch: u64,
+    freshness: Freshness,
     last_command_id: u64,
     connected: bool,
     wiped: bool,
@@ -221,35 +376,34 @@ pub struct DeviceSync {
     status: StatusInfo,
     status_dirty: bool,
     last_status: Option<UnixMillis>,
+    /// Staleness as last published in the status.
+    stale_reported: bool,
 }
 
 impl DeviceSync {
+    /// `signer` signs every uplink (the device's certificate key); `keys`
+    /// are the central keys pinned at provisioning (or since rolled over).
     pub fn new(
         device: DeviceId,
         keys: TrustedKeys,
+        signer: DeviceSigningKey,
         config: DeviceConfig,
         state: DeviceState,
         status: StatusInfo,
         now: UnixMillis,
     ) -> Self {
-        let shards = state
-            .shards
-            .into_iter()
-            .map(|p| {
-                let shard = Shard {
-                    applied: p.seq,
-                    applying: None,
-                    buffer: BTreeMap::new(),
-                    assemblies: Vec::new(),
-                    wanted: true,
-                    backoff: Backoff::new(config.resync_backoff_min_ms, config.resync_backoff_max_ms),
-                    next_request: now,
-                    applied_at_request: p.seq,
-                    last_check: now,
-                };
-                (p.shard, shard)
-            })
-            .collect();
+        let shards = state.shards.into_iter().map(|p| (p.shard, Shard::new(p.seq, &config, now))).collect();
+        let freshness = Freshness {
+            seed: state.nonce_seed,
+            counter: 0,
+            outstanding: Vec::new(),
+            next_request: now,
+            last_proof: None,
+            purging: Vec::new(),
+            purge_in_flight: false,
+            purge_retry_at: None,
+            unsaved: None,
+        };
         let audit = AuditOutbox {
             depth: state.outbox_depth,
             loading: false,
@@ -262,8 +416,13 @@ impl DeviceSync {
         Self {
             device,
             keys,
+            signer,
             config,
             shards,
+            assignment_version: state.assignment_version,
+            epoch: state.epoch,
+            outbox_epoch: state.outbox_epoch,
+            freshness,
             last_command_id: state.last_command_id,
             connected: false,
             wiped: false,
@@ -271,6 +430,7 @@ impl DeviceSync {
             status,
             status_dirty: true,
             last_status: None,
+            stale_reported: false,
         }
     }
 
@@ -296,6 +456,45 @@ impl DeviceSync {
         self.wiped
     }
 
+    /// The shards assigned now.
+    pub fn shards(&self) -> Vec<ShardId> {
+        self.shards.keys().cloned().collect()
+    }
+
+    /// The log epoch the device is in (0: not known yet).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The assignment version the device serves.
+    pub fn assignment_version(&self) -> u64 {
+        self.assignment_version
+    }
+
+    /// The moment the door turns stale: `None` when staleness is off
+    /// ([`DeviceConfig::max_staleness_ms`] = 0); a time in the past when it
+    /// is stale already (never verified since start, a purge pending,
+    /// wiped). The door is fresh while `now < fresh_until`.
+    pub fn fresh_until(&self) -> Option<UnixMillis> {
+        if self.config.max_staleness_ms == 0 {
+            return None;
+        }
+        if self.wiped || self.epoch == 0 || !self.freshness.purging.is_empty() {
+            return Some(UnixMillis::MIN);
+        }
+        let oldest = if self.shards.is_empty() {
+            self.freshness.last_proof
+        } else {
+            self.shards.values().map(|s| s.verified_at).try_fold(UnixMillis::MAX, |oldest, v| v.map(|v| oldest.min(v)))
+        };
+        Some(oldest.map_or(UnixMillis::MIN, |at| after(at, self.config.max_staleness_ms)))
+    }
+
+    /// Whether the door is stale at `now` (see [`DeviceSync::fresh_until`]).
+    pub fn is_stale(&self, now: UnixMillis) -> bool {
+        self.fresh_until().is_some_and(|until| now >= until)
+    }
+
     /// Whether every shard is confirmed current and nothing is in flight
     /// (no resync wanted, no apply, no audit batch, empty outbox).
     pub fn is_idle(&self) -> bool {
@@ -311,6 +510,12 @@ impl DeviceSync {
             return None;
         }
         let mut deadlines = Vec::new();
+        if let Some(until) = self.fresh_until()
+            && until > UnixMillis::MIN
+        {
+            // Wake when the door turns stale, so status and metrics say so.
+            deadlines.push(until);
+        }
         for shard in self.shards.values() {
             for assembly in &shard.assemblies {
                 deadlines.push(after(assembly.started, self.config.snapshot_timeout_ms));
@@ -324,7 +529,11 @@ impl DeviceSync {
                 deadlines.push(after(shard.last_check, self.config.resync_interval_ms));
             }
         }
+        if let Some(at) = self.freshness.purge_retry_at {
+            deadlines.push(at);
+        }
         if self.connected {
+            deadlines.push(self.freshness.next_request);
             if let Some((_, sent)) = self.audit.in_flight {
                 deadlines.push(after(sent, self.audit.wait));
             }
@@ -349,6 +558,7 @@ impl DeviceSync {
                     shard.wanted = true;
                     shard.next_request = now;
                 }
+                self.freshness.next_request = now;
                 self.audit.in_flight = None;
             }
             DeviceInput::Disconnected => {
@@ -388,6 +598,13 @@ impl DeviceSync {
                 }
             }
             DeviceInput::Tick => self.tick(now),
+            DeviceInput::Purged { shards } => self.purged(now, &shards, &mut out),
+            DeviceInput::PurgeFailed { .. } => {
+                // Stay stale (the shards are still in `purging`); try again.
+                self.freshness.purge_in_flight = false;
+                self.freshness.purge_retry_at = Some(after(now, self.config.resync_backoff_min_ms));
+                self.status_dirty = true;
+            }
         }
         self.progress(&mut out);
         self.flush(now, &mut out);
@@ -406,7 +623,7 @@ impl DeviceSync {
     }
 
     fn on_delta(&mut self, topic_shard: &ShardId, payload: &[u8]) -> Result<(), Rejection> {
-        let batch: DeltaBatch = decode_verified(payload, &self.keys)?;
+        let (batch, _): (DeltaBatch, KeyId) = decode_verified_with_key(payload, &self.keys)?;
         if &batch.shard != topic_shard {
             return Err(Rejection::ShardMismatch { named: batch.shard, topic: topic_shard.clone() });
         }
@@ -417,6 +634,7 @@ impl DeviceSync {
         if self.wiped {
             return Err(Rejection::Wiped);
         }
+        self.check_epoch(batch.epoch)?;
         let max_buffered = self.config.max_buffered_batches;
         let shard = self.shards.get_mut(&batch.shard).ok_or_else(|| Rejection::UnassignedShard(batch.shard.clone()))?;
         let effective = shard.effective();
@@ -450,8 +668,17 @@ impl DeviceSync {
         }
     }
 
+    /// Deltas and snapshots are applied only within the device's epoch,
+    /// which is known once a proof arrived.
+    fn check_epoch(&self, epoch: u64) -> Result<(), Rejection> {
+        if self.epoch == 0 || epoch != self.epoch {
+            return Err(Rejection::WrongEpoch { found: epoch, expected: self.epoch });
+        }
+        Ok(())
+    }
+
     fn on_down(&mut self, now: UnixMillis, payload: &[u8], out: &mut Vec<DeviceAction>) -> Result<(), Rejection> {
-        let message: DownMessage = decode_verified(payload, &self.keys)?;
+        let (message, signed_by): (DownMessage, KeyId) = decode_verified_with_key(payload, &self.keys)?;
         if message.device != self.device {
             return Err(Rejection::WrongDevice { named: message.device, expected: self.device.clone() });
         }
@@ -459,11 +686,191 @@ impl DeviceSync {
             Down::Deltas(batch) => self.on_batch(batch),
             Down::Snapshot(chunk) => self.on_chunk(now, chunk),
             Down::Head { shard, seq } => self.on_head(now, &shard, seq),
-            Down::AuditAck { up_to_seq } => {
+            Down::AuditAck { epoch, up_to_seq } => {
+                if epoch != self.outbox_epoch {
+                    return Err(Rejection::WrongEpoch { found: epoch, expected: self.outbox_epoch });
+                }
                 self.on_audit_ack(up_to_seq, out);
                 Ok(())
             }
             Down::Command { id, command } => self.on_command(now, id, command, out),
+            Down::Freshness(proof) => self.on_proof(now, proof, out),
+            Down::Assignment(assignment) => {
+                if self.wiped {
+                    return Err(Rejection::Wiped);
+                }
+                if assignment.version <= self.assignment_version {
+                    return Err(Rejection::OldAssignment {
+                        version: assignment.version,
+                        current: self.assignment_version,
+                    });
+                }
+                self.assign(now, assignment, out);
+                Ok(())
+            }
+            Down::KeyRollover { new_key } => self.on_rollover(signed_by, &new_key, out),
+        }
+    }
+
+    fn on_rollover(&mut self, signed_by: KeyId, new_key: &[u8], out: &mut Vec<DeviceAction>) -> Result<(), Rejection> {
+        let key = PublicKey::from_bytes(new_key).map_err(|e| {
+            Rejection::Protocol(ProtocolError::Invalid { kind: "down", message: e.to_string() })
+        })?;
+        if key.key_id() == signed_by {
+            // Already the key in use: a repeat of a rollover done.
+            return Ok(());
+        }
+        self.keys = TrustedKeys::new([key.clone()]);
+        self.status_dirty = true;
+        out.push(DeviceAction::TrustKeys(vec![key]));
+        Ok(())
+    }
+
+    /// A proof answering a request of ours: adopt its epoch and assignment,
+    /// then verify every shard that has reached its head.
+    fn on_proof(&mut self, now: UnixMillis, proof: FreshnessProof, out: &mut Vec<DeviceAction>) -> Result<(), Rejection> {
+        if self.wiped {
+            return Err(Rejection::Wiped);
+        }
+        let position = self.freshness.outstanding.iter().position(|&(nonce, _)| nonce == proof.nonce);
+        let Some(position) = position else {
+            return Err(Rejection::UnknownNonce);
+        };
+        let (_, requested) = self.freshness.outstanding.remove(position);
+        self.freshness.last_proof = Some(self.freshness.last_proof.map_or(requested, |p| p.max(requested)));
+        self.status_dirty = true;
+        if proof.epoch != self.epoch {
+            let previous = self.epoch;
+            self.epoch = proof.epoch;
+            if previous != 0 {
+                // Sequence numbers of the old epoch mean nothing now: forget
+                // every synced shard and fetch it anew.
+                let shards: Vec<ShardId> = self.shards.keys().cloned().collect();
+                for s in self.shards.values_mut() {
+                    *s = Shard::new(0, &self.config, now);
+                    s.applying = Some(0);
+                }
+                for shard in shards {
+                    if !self.freshness.purging.contains(&shard) {
+                        self.freshness.purging.push(shard);
+                    }
+                }
+            }
+            self.freshness.unsaved = Some(self.persisted());
+        }
+        if proof.assignment.version > self.assignment_version {
+            self.assign(now, proof.assignment, out);
+        }
+        if !self.freshness.purging.is_empty() {
+            // Nothing is verified while shards are being forgotten.
+            self.start_purge(out);
+            return Ok(());
+        }
+        let heads: BTreeMap<&ShardId, u64> = proof.heads.iter().map(|p| (&p.shard, p.seq)).collect();
+        for (id, s) in &mut self.shards {
+            let Some(&head) = heads.get(id) else { continue };
+            if s.applied == head {
+                s.verified_at = Some(s.verified_at.map_or(requested, |v| v.max(requested)));
+                s.pending_proofs.retain(|&(h, _)| h > head);
+            } else if s.applied < head {
+                // Behind: current as of this request once it reaches the head.
+                s.pending_proofs.push((head, requested));
+                if s.pending_proofs.len() > MAX_PENDING_PROOFS {
+                    s.pending_proofs.remove(0);
+                }
+                s.wanted = true;
+                s.next_request = s.next_request.min(now);
+            } else {
+                // Ahead of the log: the log went back without a new epoch (a
+                // restored database?). Never verified; the door turns stale
+                // until an operator starts a new epoch.
+                out.push(DeviceAction::Rejected {
+                    topic: topics::device_down(&self.device),
+                    reason: Rejection::AheadOfLog { shard: id.clone(), applied: s.applied, head },
+                });
+            }
+        }
+        if let Some(persisted) = self.freshness.unsaved.take() {
+            out.push(DeviceAction::Persist(persisted));
+        }
+        Ok(())
+    }
+
+    fn persisted(&self) -> Persisted {
+        Persisted {
+            epoch: self.epoch,
+            assignment: Assignment { version: self.assignment_version, shards: self.shards.keys().cloned().collect() },
+        }
+    }
+
+    /// Serves `assignment` from now on: new shards are subscribed to and
+    /// synced, dropped ones unsubscribed and purged.
+    fn assign(&mut self, now: UnixMillis, assignment: Assignment, out: &mut Vec<DeviceAction>) {
+        let wanted: BTreeSet<ShardId> = assignment.shards.into_iter().collect();
+        let dropped: Vec<ShardId> = self.shards.keys().filter(|s| !wanted.contains(*s)).cloned().collect();
+        let added: Vec<ShardId> = wanted.iter().filter(|s| !self.shards.contains_key(*s)).cloned().collect();
+        for shard in &dropped {
+            self.shards.remove(shard);
+            if !self.freshness.purging.contains(shard) {
+                self.freshness.purging.push(shard.clone());
+            }
+        }
+        for shard in &added {
+            let mut s = Shard::new(0, &self.config, now);
+            if self.freshness.purging.contains(shard) {
+                // Re-assigned before its purge ran: it starts from nothing.
+                s.applying = Some(0);
+            }
+            self.shards.insert(shard.clone(), s);
+        }
+        self.assignment_version = assignment.version;
+        self.status_dirty = true;
+        if !dropped.is_empty() {
+            out.push(DeviceAction::Unsubscribe(dropped.iter().map(topics::shard_delta).collect()));
+        }
+        if !added.is_empty() {
+            out.push(DeviceAction::Subscribe(added.iter().map(topics::shard_delta).collect()));
+        }
+        self.freshness.unsaved = Some(self.persisted());
+        if self.freshness.purging.is_empty() {
+            if let Some(persisted) = self.freshness.unsaved.take() {
+                out.push(DeviceAction::Persist(persisted));
+            }
+        } else {
+            self.start_purge(out);
+        }
+    }
+
+    fn start_purge(&mut self, out: &mut Vec<DeviceAction>) {
+        if self.freshness.purge_in_flight || self.freshness.purging.is_empty() {
+            return;
+        }
+        self.freshness.purge_in_flight = true;
+        self.freshness.purge_retry_at = None;
+        out.push(DeviceAction::PurgeShards(self.freshness.purging.clone()));
+    }
+
+    fn purged(&mut self, now: UnixMillis, shards: &[ShardId], out: &mut Vec<DeviceAction>) {
+        self.freshness.purge_in_flight = false;
+        self.freshness.purging.retain(|s| !shards.contains(s));
+        for shard in shards {
+            if let Some(s) = self.shards.get_mut(shard)
+                && s.applying == Some(0)
+            {
+                s.applying = None;
+                s.applied = 0;
+                s.wanted = true;
+            }
+        }
+        self.status_dirty = true;
+        if self.freshness.purging.is_empty() {
+            if let Some(persisted) = self.freshness.unsaved.take() {
+                out.push(DeviceAction::Persist(persisted));
+            }
+            // Ask for a proof at once: the door is stale until one arrives.
+            self.freshness.next_request = self.freshness.next_request.min(now);
+        } else {
+            self.start_purge(out);
         }
     }
 
@@ -492,6 +899,7 @@ impl DeviceSync {
         if self.wiped {
             return Err(Rejection::Wiped);
         }
+        self.check_epoch(chunk.epoch)?;
         let max = self.config.max_snapshot_assemblies.max(1);
         let s = self.shards.get_mut(&chunk.shard).ok_or_else(|| Rejection::UnassignedShard(chunk.shard.clone()))?;
         if chunk.seq <= s.effective() {
@@ -573,6 +981,10 @@ impl DeviceSync {
     }
 
     fn applied(&mut self, now: UnixMillis, shard: &ShardId, seq: u64, out: &mut Vec<DeviceAction>) {
+        if self.freshness.purging.contains(shard) {
+            // An apply of the epoch or assignment being forgotten.
+            return;
+        }
         let Some(s) = self.shards.get_mut(shard) else { return };
         s.applying = None;
         if self.wiped {
@@ -581,22 +993,25 @@ impl DeviceSync {
         if seq > s.applied {
             s.applied = seq;
             s.backoff.reset();
+            s.reached(seq);
             self.status_dirty = true;
             if self.connected {
-                let message = UpMessage {
-                    device: self.device.clone(),
-                    sent_at: now,
-                    body: Up::Applied { shard: shard.clone(), seq },
-                };
-                if let Ok(payload) = encode(&message) {
-                    out.push(DeviceAction::Publish(Publish {
-                        topic: topics::device_up(&self.device),
-                        payload,
-                        retain: false,
-                    }));
+                let body = Up::Applied { shard: shard.clone(), seq };
+                if let Some(publish) = self.up(now, body) {
+                    out.push(DeviceAction::Publish(publish));
                 }
             }
         }
+    }
+
+    /// A signed uplink on the device's `up` topic.
+    pub(super) fn up(&self, now: UnixMillis, body: Up) -> Option<Publish> {
+        let message = UpMessage { device: self.device.clone(), sent_at: now, body };
+        self.sign(&message).map(|payload| Publish { topic: topics::device_up(&self.device), payload, retain: false })
+    }
+
+    pub(super) fn sign<M: Message>(&self, message: &M) -> Option<Vec<u8>> {
+        encode_device_signed(message, &self.signer).ok()
     }
 
     fn tick(&mut self, now: UnixMillis) {
@@ -618,12 +1033,23 @@ impl DeviceSync {
             // No acknowledgement in time: send the (new) oldest prefix again.
             self.audit.in_flight = None;
         }
+        if self.freshness.purge_retry_at.is_some_and(|at| now >= at) {
+            self.freshness.purge_retry_at = None;
+        }
+        // Answers to requests older than the staleness window verify nothing
+        // useful any more.
+        let keep = self.config.max_staleness_ms.max(self.config.freshness_interval_ms.saturating_mul(4));
+        self.freshness.outstanding.retain(|&(_, sent)| now < after(sent, keep));
+        self.status_dirty |= self.is_stale(now) != self.stale_reported;
     }
 
     /// Issues the next apply of every shard that has none in flight.
     fn progress(&mut self, out: &mut Vec<DeviceAction>) {
         if self.wiped {
             return;
+        }
+        if self.freshness.purge_retry_at.is_none() {
+            self.start_purge(out);
         }
         for (id, s) in &mut self.shards {
             if s.applying.is_some() {
@@ -663,25 +1089,37 @@ impl DeviceSync {
             }
             return;
         }
-        for (id, s) in &mut self.shards {
-            if !s.wanted || s.applying.is_some() || now < s.next_request {
-                continue;
+        if now >= self.freshness.next_request {
+            let nonce = self.freshness.nonce();
+            if let Some(publish) = self.up(now, Up::FreshnessRequest { nonce }) {
+                out.push(DeviceAction::Publish(publish));
+                self.freshness.outstanding.push((nonce, now));
+                if self.freshness.outstanding.len() > MAX_OUTSTANDING_NONCES {
+                    self.freshness.outstanding.remove(0);
+                }
             }
-            let message = UpMessage {
-                device: self.device.clone(),
-                sent_at: now,
-                body: Up::ResyncRequest { shard: id.clone(), have_seq: s.applied },
-            };
-            if let Ok(payload) = encode(&message) {
-                out.push(DeviceAction::Publish(Publish {
-                    topic: topics::device_up(&self.device),
-                    payload,
-                    retain: false,
-                }));
+            self.freshness.next_request = after(now, self.config.freshness_interval_ms.max(1));
+        }
+        // Resync requests wait for the epoch (the first proof).
+        let ids: Vec<ShardId> = if self.epoch == 0 {
+            Vec::new()
+        } else {
+            self.shards
+                .iter()
+                .filter(|(_, s)| s.wanted && s.applying.is_none() && now >= s.next_request)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        for id in ids {
+            let Some(have_seq) = self.shards.get(&id).map(|s| s.applied) else { continue };
+            if let Some(publish) = self.up(now, Up::ResyncRequest { shard: id.clone(), have_seq }) {
+                out.push(DeviceAction::Publish(publish));
             }
-            s.next_request = after(now, s.backoff.next_delay());
-            s.applied_at_request = s.applied;
-            s.last_check = now;
+            if let Some(s) = self.shards.get_mut(&id) {
+                s.next_request = after(now, s.backoff.next_delay());
+                s.applied_at_request = s.applied;
+                s.last_check = now;
+            }
         }
         if self.audit.in_flight.is_none() && !self.audit.loading && self.audit.depth > 0 {
             self.audit.loading = true;
@@ -704,6 +1142,7 @@ impl DeviceSync {
             out.push(DeviceAction::Publish(publish));
             self.last_status = Some(now);
             self.status_dirty = false;
+            self.stale_reported = self.is_stale(now);
         }
     }
 
@@ -722,8 +1161,11 @@ impl DeviceSync {
             health: if self.wiped { "wiped".into() } else { self.status.health.clone() },
             outbox_depth: self.audit.depth,
             last_command: self.last_command_id,
+            stale: self.is_stale(now),
+            assignment: self.assignment_version,
+            trusted_key: self.keys.keys().first().map(|k| k.key_id().to_string()),
         };
-        encode(&status).ok().map(|payload| Publish {
+        self.sign(&status).map(|payload| Publish {
             topic: topics::device_status(&self.device),
             payload,
             retain: true,

@@ -12,7 +12,14 @@
 //! | [`ServerAction::StoreAudit`] | inserts the events idempotently (unique `(device, seq)`; a duplicate counts as stored) | [`ServerInput::AuditStored`] or [`ServerInput::AuditStoreFailed`] |
 //! | [`ServerAction::RecordApplied`] | raises the device's applied seq for the shard (`$max`) | — |
 //! | [`ServerAction::RecordStatus`] | stores the device's status | — |
+//! | [`ServerAction::ReadFreshness`] | reads the epoch, the device's assignment and its shards' heads | [`ServerInput::FreshnessRead`] |
 //! | [`ServerAction::Rejected`] | logs and counts it | — |
+//!
+//! Every uplink is signed by its device: the shell looks the device up by
+//! the topic's device id (refusing unknown and revoked devices) and hands
+//! the machine the device's public key, which verifies the message before
+//! anything in it is believed. The shell must also answer resync reads only
+//! for shards assigned to the device now, and cap reported seqs at the head.
 //!
 //! The machine keeps no state that matters across replicas: every answer is
 //! computed from what the shell read from the database. See [`crate::sync`]
@@ -20,13 +27,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::codec::{Kind, ProtocolError, decode, encode_signed};
+use crate::codec::{Kind, ProtocolError, decode_device_verified, encode_signed};
 use crate::ids::{DeviceId, ShardId};
 use crate::messages::{
-    AuditBatch, AuditEvent, Command, DeltaBatch, DeltaOp, DeviceStatus, Down, DownMessage, MAX_DELTA_OPS,
-    MAX_SNAPSHOT_CHUNK_ENTRIES, SnapshotChunk, SnapshotEntry, UnixMillis, Up, UpMessage,
+    Assignment, AuditBatch, AuditEvent, Command, DeltaBatch, DeltaOp, DeviceStatus, Down, DownMessage,
+    FreshnessProof, MAX_DELTA_OPS, MAX_SNAPSHOT_CHUNK_ENTRIES, ShardProgress, SnapshotChunk, SnapshotEntry,
+    UnixMillis, Up, UpMessage,
 };
-use crate::signing::SigningKey;
+use crate::signing::{DevicePublicKey, SigningKey};
 use crate::sync::{Publish, Rejection, after};
 use crate::topics::{self, Topic};
 
@@ -39,11 +47,20 @@ pub struct ServerConfig {
     /// A resync request for a (device, shard) whose read is still in flight
     /// is ignored, unless the read is older than this.
     pub read_timeout_ms: u64,
+    /// Resync and freshness requests one device may make per
+    /// `rate_window_ms`; more are refused and counted.
+    pub max_requests_per_window: u32,
+    pub rate_window_ms: u64,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { max_message_bytes: 256 * 1024, read_timeout_ms: 30_000 }
+        Self {
+            max_message_bytes: 256 * 1024,
+            read_timeout_ms: 30_000,
+            max_requests_per_window: 600,
+            rate_window_ms: 10_000,
+        }
     }
 }
 
@@ -70,25 +87,40 @@ impl LogEntry {
 #[derive(Debug, Clone, PartialEq)]
 pub enum LogRead {
     /// Entries after the requested seq, oldest first (possibly a page of
-    /// them, possibly none), and the log's head.
-    Entries { head: u64, entries: Vec<LogEntry> },
+    /// them, possibly none), and the log's head, in `epoch`.
+    Entries { epoch: u64, head: u64, entries: Vec<LogEntry> },
     /// The log no longer reaches back to the requested seq (compacted).
     Compacted { head: u64 },
-    /// The shard's complete state at `seq`.
-    Snapshot { seq: u64, entries: Vec<SnapshotEntry> },
+    /// The shard's complete state at `seq`, in `epoch`.
+    Snapshot { epoch: u64, seq: u64, entries: Vec<SnapshotEntry> },
+    /// The shard is not assigned to the device now: nothing is sent.
+    Unassigned,
     /// The read failed; the device will ask again.
     Failed,
+}
+
+/// What the shell read for a freshness proof.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreshnessRead {
+    pub epoch: u64,
+    pub assignment: Assignment,
+    /// The head of every assigned shard.
+    pub heads: Vec<ShardProgress>,
 }
 
 /// Something that happened, for [`ServerSync::handle`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerInput<'a> {
-    /// A publication arrived on `topic` (a device's `up` or `status`).
-    Received { topic: &'a str, payload: &'a [u8] },
+    /// A publication arrived on `topic` (a device's `up` or `status`), from
+    /// the device whose key is `key` (the shell looked it up by the topic's
+    /// device id; unknown and revoked devices never get here).
+    Received { topic: &'a str, payload: &'a [u8], key: &'a DevicePublicKey },
     /// The answer to [`ServerAction::ReadLog`] or [`ServerAction::ReadSnapshot`].
     LogRead { device: DeviceId, shard: ShardId, after_seq: u64, read: LogRead },
+    /// The answer to [`ServerAction::ReadFreshness`] (`None`: the read failed).
+    FreshnessRead { device: DeviceId, nonce: u64, read: Option<FreshnessRead> },
     /// Every event of the [`ServerAction::StoreAudit`] is stored (or was already).
-    AuditStored { device: DeviceId, up_to_seq: u64 },
+    AuditStored { device: DeviceId, epoch: u64, up_to_seq: u64 },
     /// Storing failed; the device will retransmit.
     AuditStoreFailed { device: DeviceId, up_to_seq: u64 },
 }
@@ -110,11 +142,18 @@ pub enum ServerAction {
         after_seq: u64,
     },
     /// Store the events idempotently; report [`ServerInput::AuditStored`] with
-    /// the same `up_to_seq` only once they are durable.
+    /// the same `epoch` and `up_to_seq` only once they are durable.
     StoreAudit {
         device: DeviceId,
+        epoch: u64,
         events: Vec<AuditEvent>,
         up_to_seq: u64,
+    },
+    /// Read the epoch, the device's assignment and the heads of its shards,
+    /// then report [`ServerInput::FreshnessRead`].
+    ReadFreshness {
+        device: DeviceId,
+        nonce: u64,
     },
     /// `device` has applied `shard` up to `seq` (raise, never lower).
     RecordApplied {
@@ -151,6 +190,8 @@ pub struct ServerSync {
     reads: HashMap<(DeviceId, ShardId), UnixMillis>,
     /// Highest applied seq seen per device and shard (this replica only).
     applied: HashMap<DeviceId, BTreeMap<ShardId, u64>>,
+    /// Requests per device in the current rate window: window start, count.
+    requests: HashMap<DeviceId, (UnixMillis, u32)>,
 }
 
 /// Fixed bytes of a down message around its payload (envelope, signature,
@@ -160,7 +201,48 @@ const DOWN_OVERHEAD: usize = 512;
 impl ServerSync {
     /// `nonce` should be random per process (snapshot ids).
     pub fn new(key: SigningKey, config: ServerConfig, nonce: u64) -> Self {
-        Self { key, config, nonce, counter: 0, reads: HashMap::new(), applied: HashMap::new() }
+        Self {
+            key,
+            config,
+            nonce,
+            counter: 0,
+            reads: HashMap::new(),
+            applied: HashMap::new(),
+            requests: HashMap::new(),
+        }
+    }
+
+    /// A signed assignment for one device (pushed when its groups change).
+    pub fn assignment(
+        &self,
+        now: UnixMillis,
+        device: &DeviceId,
+        assignment: Assignment,
+    ) -> Result<Publish, ProtocolError> {
+        self.down(now, device, Down::Assignment(assignment))
+    }
+
+    /// The rollover to this machine's key for a device that still trusts
+    /// `previous`: signed by `previous`, naming the current key.
+    pub fn rollover(&self, now: UnixMillis, device: &DeviceId, previous: &SigningKey) -> Result<Publish, ProtocolError> {
+        let message = DownMessage {
+            device: device.clone(),
+            sent_at: now,
+            body: Down::KeyRollover { new_key: self.key.public_key().as_bytes().to_vec() },
+        };
+        Ok(Publish { topic: topics::device_down(device), payload: encode_signed(&message, previous)?, retain: false })
+    }
+
+    /// Counts a request of `device`; whether it is within its rate.
+    fn admit(&mut self, now: UnixMillis, device: &DeviceId) -> bool {
+        let window = self.config.rate_window_ms;
+        let (start, count) = self.requests.entry(device.clone()).or_insert((now, 0));
+        if now >= after(*start, window) || now < *start {
+            *start = now;
+            *count = 0;
+        }
+        *count = count.saturating_add(1);
+        *count <= self.config.max_requests_per_window
     }
 
     /// The shared subscription for device uplinks and the status topics.
@@ -198,16 +280,24 @@ impl ServerSync {
     pub fn handle(&mut self, now: UnixMillis, input: ServerInput<'_>) -> Vec<ServerAction> {
         let mut out = Vec::new();
         match input {
-            ServerInput::Received { topic, payload } => {
-                if let Err(reason) = self.received(now, topic, payload, &mut out) {
+            ServerInput::Received { topic, payload, key } => {
+                if let Err(reason) = self.received(now, topic, payload, key, &mut out) {
                     out.push(ServerAction::Rejected { topic: topic.chars().take(256).collect(), reason });
                 }
             }
             ServerInput::LogRead { device, shard, after_seq, read } => {
                 self.log_read(now, device, shard, after_seq, read, &mut out)
             }
-            ServerInput::AuditStored { device, up_to_seq } => {
-                if let Ok(publish) = self.down(now, &device, Down::AuditAck { up_to_seq }) {
+            ServerInput::FreshnessRead { device, nonce, read } => {
+                if let Some(FreshnessRead { epoch, assignment, heads }) = read {
+                    let proof = FreshnessProof { nonce, epoch, assignment, heads };
+                    if let Ok(publish) = self.down(now, &device, Down::Freshness(proof)) {
+                        out.push(ServerAction::Publish(publish));
+                    }
+                }
+            }
+            ServerInput::AuditStored { device, epoch, up_to_seq } => {
+                if let Ok(publish) = self.down(now, &device, Down::AuditAck { epoch, up_to_seq }) {
                     out.push(ServerAction::Publish(publish));
                 }
             }
@@ -221,19 +311,19 @@ impl ServerSync {
         now: UnixMillis,
         topic: &str,
         payload: &[u8],
+        key: &DevicePublicKey,
         out: &mut Vec<ServerAction>,
     ) -> Result<(), Rejection> {
         match topics::parse(topic) {
             Some(Topic::DeviceUp(device)) => {
-                let message: UpMessage = decode(payload)?;
+                let message: UpMessage = decode_device_verified(payload, key)?;
                 if message.device != device {
                     return Err(Rejection::WrongDevice { named: message.device, expected: device });
                 }
-                self.on_up(now, device, message.body, out);
-                Ok(())
+                self.on_up(now, device, message.body, out)
             }
             Some(Topic::DeviceStatus(device)) => {
-                let status: DeviceStatus = decode(payload)?;
+                let status: DeviceStatus = decode_device_verified(payload, key)?;
                 if status.device != device {
                     return Err(Rejection::WrongDevice { named: status.device, expected: device });
                 }
@@ -247,14 +337,23 @@ impl ServerSync {
         }
     }
 
-    fn on_up(&mut self, now: UnixMillis, device: DeviceId, body: Up, out: &mut Vec<ServerAction>) {
+    fn on_up(
+        &mut self,
+        now: UnixMillis,
+        device: DeviceId,
+        body: Up,
+        out: &mut Vec<ServerAction>,
+    ) -> Result<(), Rejection> {
         match body {
             Up::ResyncRequest { shard, have_seq } => {
+                if !self.admit(now, &device) {
+                    return Err(Rejection::RateLimited(device));
+                }
                 let key = (device, shard);
                 if let Some(&started) = self.reads.get(&key)
                     && now < after(started, self.config.read_timeout_ms)
                 {
-                    return;
+                    return Ok(());
                 }
                 self.reads.insert(key.clone(), now);
                 let (device, shard) = key;
@@ -263,10 +362,18 @@ impl ServerSync {
             }
             Up::Audit(AuditBatch { events }) => {
                 let up_to_seq = events.last().map_or(0, |e| e.seq);
-                out.push(ServerAction::StoreAudit { device, events, up_to_seq });
+                let epoch = events.first().map_or(0, |e| e.epoch);
+                out.push(ServerAction::StoreAudit { device, epoch, events, up_to_seq });
             }
             Up::Applied { shard, seq } => self.record_applied(&device, &shard, seq, out),
+            Up::FreshnessRequest { nonce } => {
+                if !self.admit(now, &device) {
+                    return Err(Rejection::RateLimited(device));
+                }
+                out.push(ServerAction::ReadFreshness { device, nonce });
+            }
         }
+        Ok(())
     }
 
     fn record_applied(&mut self, device: &DeviceId, shard: &ShardId, seq: u64, out: &mut Vec<ServerAction>) {
@@ -291,13 +398,26 @@ impl ServerSync {
             LogRead::Failed => {
                 self.reads.remove(&key);
             }
+            LogRead::Unassigned => {
+                self.reads.remove(&key);
+                let (device, shard) = key;
+                // Recorded applied seqs of a shard it does not serve are
+                // forgotten, so they never count for erasure.
+                if let Some(shards) = self.applied.get_mut(&device) {
+                    shards.remove(&shard);
+                }
+                out.push(ServerAction::Rejected {
+                    topic: topics::device_up(&device),
+                    reason: Rejection::UnassignedShard(shard),
+                });
+            }
             LogRead::Compacted { .. } => {
                 // The read stays in flight until the snapshot is answered.
                 self.reads.insert(key.clone(), now);
                 let (device, shard) = key;
                 out.push(ServerAction::ReadSnapshot { device, shard, after_seq });
             }
-            LogRead::Entries { head, entries } => {
+            LogRead::Entries { epoch, head, entries } => {
                 if head < after_seq {
                     self.reads.remove(&key);
                     let (device, shard) = key;
@@ -324,7 +444,7 @@ impl ServerSync {
                 self.reads.remove(&key);
                 let (device, shard) = key;
                 let last = contiguous.last().map_or(after_seq, |e| e.seq);
-                for batch in self.batches(&shard, after_seq, contiguous) {
+                for batch in self.batches(&shard, epoch, after_seq, contiguous) {
                     if let Ok(publish) = self.down(now, &device, Down::Deltas(batch)) {
                         out.push(ServerAction::Publish(publish));
                     }
@@ -336,7 +456,7 @@ impl ServerSync {
                     out.push(ServerAction::Publish(publish));
                 }
             }
-            LogRead::Snapshot { seq, entries } => {
+            LogRead::Snapshot { epoch, seq, entries } => {
                 self.reads.remove(&key);
                 let (device, shard) = key;
                 if seq <= after_seq {
@@ -352,7 +472,7 @@ impl ServerSync {
                 } else {
                     self.counter += 1;
                     let snapshot = self.nonce.wrapping_add(self.counter);
-                    for chunk in self.chunks(&shard, seq, snapshot, entries) {
+                    for chunk in self.chunks(&shard, epoch, seq, snapshot, entries) {
                         if let Ok(publish) = self.down(now, &device, Down::Snapshot(chunk)) {
                             out.push(ServerAction::Publish(publish));
                         }
@@ -370,16 +490,22 @@ impl ServerSync {
     }
 
     /// Consecutive entries as batches that each fit one down message.
-    fn batches(&self, shard: &ShardId, after_seq: u64, entries: Vec<LogEntry>) -> Vec<DeltaBatch> {
+    fn batches(&self, shard: &ShardId, epoch: u64, after_seq: u64, entries: Vec<LogEntry>) -> Vec<DeltaBatch> {
         let budget = self.budget();
         let mut batches = Vec::new();
-        let mut current = DeltaBatch { shard: shard.clone(), base_seq: after_seq, seq: after_seq, ops: Vec::new() };
+        let mut current =
+            DeltaBatch { shard: shard.clone(), epoch, base_seq: after_seq, seq: after_seq, ops: Vec::new() };
         let mut size = 0;
         for entry in entries {
             let entry_size = cbor_len(&entry.op);
             if !current.ops.is_empty() && (size + entry_size > budget || current.ops.len() >= MAX_DELTA_OPS) {
-                let next =
-                    DeltaBatch { shard: shard.clone(), base_seq: current.seq, seq: current.seq, ops: Vec::new() };
+                let next = DeltaBatch {
+                    shard: shard.clone(),
+                    epoch,
+                    base_seq: current.seq,
+                    seq: current.seq,
+                    ops: Vec::new(),
+                };
                 batches.push(std::mem::replace(&mut current, next));
                 size = 0;
             }
@@ -394,7 +520,14 @@ impl ServerSync {
     }
 
     /// A snapshot as chunks that each fit one down message.
-    fn chunks(&self, shard: &ShardId, seq: u64, snapshot: u64, entries: Vec<SnapshotEntry>) -> Vec<SnapshotChunk> {
+    fn chunks(
+        &self,
+        shard: &ShardId,
+        epoch: u64,
+        seq: u64,
+        snapshot: u64,
+        entries: Vec<SnapshotEntry>,
+    ) -> Vec<SnapshotChunk> {
         let budget = self.budget();
         let mut groups: Vec<Vec<SnapshotEntry>> = vec![Vec::new()];
         let mut size = 0;
@@ -420,6 +553,7 @@ impl ServerSync {
             .enumerate()
             .map(|(index, entries)| SnapshotChunk {
                 shard: shard.clone(),
+                epoch,
                 seq,
                 snapshot,
                 index: index as u32,

@@ -1,7 +1,6 @@
 //! The audit outbox half of the device machine: sending prefixes of the
 //! outbox, acknowledgements, and making stored events sendable.
 
-use crate::codec::encode;
 use crate::ids::DeviceId;
 use crate::messages::{
     AuditBatch, AuditEvent, MAX_AUDIT_BATCH_EVENTS, MAX_MODEL_ID_BYTES, MAX_REASON_BYTES, UnixMillis, Up, UpMessage,
@@ -37,7 +36,7 @@ impl DeviceSync {
         if !self.connected || self.audit.in_flight.is_some() {
             return;
         }
-        let mut events: Vec<AuditEvent> = events.into_iter().map(|e| sanitize(&self.device, e)).collect();
+        let mut events: Vec<AuditEvent> = events.into_iter().map(|e| sanitize(&self.device, self.outbox_epoch, e)).collect();
         events.sort_by_key(|e| e.seq);
         events.dedup_by_key(|e| e.seq);
         events.truncate(self.config.audit_batch_events.clamp(1, MAX_AUDIT_BATCH_EVENTS));
@@ -49,7 +48,7 @@ impl DeviceSync {
                 sent_at: now,
                 body: Up::Audit(AuditBatch { events: events[..count].to_vec() }),
             };
-            if let Ok(payload) = encode(&message) {
+            if let Some(payload) = self.sign(&message) {
                 let last = events[count - 1].seq;
                 self.audit.highest_sent = self.audit.highest_sent.max(last);
                 self.audit.wait = self.audit.retransmit.next_delay();
@@ -68,8 +67,9 @@ impl DeviceSync {
 
 /// Makes an outbox event sendable without losing it: the device and limits
 /// of this protocol version are enforced by correcting, not dropping.
-fn sanitize(device: &DeviceId, mut event: AuditEvent) -> AuditEvent {
+fn sanitize(device: &DeviceId, epoch: u64, mut event: AuditEvent) -> AuditEvent {
     event.device = device.clone();
+    event.epoch = epoch;
     if let Some(reason) = &mut event.reason {
         truncate_utf8(reason, MAX_REASON_BYTES);
     }
