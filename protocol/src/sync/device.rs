@@ -376,8 +376,8 @@ pub struct DeviceSync {
     status: StatusInfo,
     status_dirty: bool,
     last_status: Option<UnixMillis>,
-    /// Staleness as last published in the status.
-    stale_reported: bool,
+    /// Staleness as of the last input (a change makes the status due).
+    stale_seen: bool,
 }
 
 impl DeviceSync {
@@ -430,7 +430,7 @@ impl DeviceSync {
             status,
             status_dirty: true,
             last_status: None,
-            stale_reported: false,
+            stale_seen: true,
         }
     }
 
@@ -511,7 +511,7 @@ impl DeviceSync {
         }
         let mut deadlines = Vec::new();
         if let Some(until) = self.fresh_until()
-            && until > UnixMillis::MIN
+            && !self.stale_seen
         {
             // Wake when the door turns stale, so status and metrics say so.
             deadlines.push(until);
@@ -605,6 +605,11 @@ impl DeviceSync {
                 self.freshness.purge_retry_at = Some(after(now, self.config.resync_backoff_min_ms));
                 self.status_dirty = true;
             }
+        }
+        let stale = self.is_stale(now);
+        if stale != self.stale_seen {
+            self.stale_seen = stale;
+            self.status_dirty = true;
         }
         self.progress(&mut out);
         self.flush(now, &mut out);
@@ -1040,7 +1045,6 @@ impl DeviceSync {
         // useful any more.
         let keep = self.config.max_staleness_ms.max(self.config.freshness_interval_ms.saturating_mul(4));
         self.freshness.outstanding.retain(|&(_, sent)| now < after(sent, keep));
-        self.status_dirty |= self.is_stale(now) != self.stale_reported;
     }
 
     /// Issues the next apply of every shard that has none in flight.
@@ -1142,7 +1146,6 @@ impl DeviceSync {
             out.push(DeviceAction::Publish(publish));
             self.last_status = Some(now);
             self.status_dirty = false;
-            self.stale_reported = self.is_stale(now);
         }
     }
 

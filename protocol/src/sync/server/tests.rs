@@ -1,8 +1,8 @@
 use super::*;
-use crate::codec::{decode_verified, encode};
+use crate::codec::{decode_verified, encode_device_signed};
 use crate::ids::IdentityId;
 use crate::messages::{Decision, IdentityRecord, LivenessVerdict, ShardProgress, StageMillis, TemplateRecord};
-use crate::signing::TrustedKeys;
+use crate::signing::{DevicePublicKey, DeviceSigningKey, TrustedKeys};
 
 const T0: UnixMillis = 5_000_000;
 
@@ -26,12 +26,26 @@ fn lobby() -> ShardId {
     ShardId::new("lobby").unwrap()
 }
 
+/// The kiosk's key: one per test process.
+fn device_key() -> DeviceSigningKey {
+    static PKCS8: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    DeviceSigningKey::from_pkcs8(PKCS8.get_or_init(|| DeviceSigningKey::generate_pkcs8().unwrap())).unwrap()
+}
+
+fn device_public() -> DevicePublicKey {
+    device_key().public_key()
+}
+
+fn encode<M: crate::codec::Message>(message: &M) -> Result<Vec<u8>, ProtocolError> {
+    encode_device_signed(message, &device_key())
+}
+
 fn up(body: Up) -> (String, Vec<u8>) {
     (topics::device_up(&kiosk()), encode(&UpMessage { device: kiosk(), sent_at: T0, body }).unwrap())
 }
 
 fn receive(s: &mut ServerSync, now: UnixMillis, (topic, payload): &(String, Vec<u8>)) -> Vec<ServerAction> {
-    s.handle(now, ServerInput::Received { topic, payload })
+    s.handle(now, ServerInput::Received { topic, payload, key: &device_public() })
 }
 
 fn downs(out: &[ServerAction]) -> Vec<Down> {
@@ -60,6 +74,7 @@ fn person(i: usize, template_bytes: usize) -> SnapshotEntry {
             valid_from: None,
             valid_until: None,
             version: 1,
+            offline_access: false,
         },
         templates: vec![TemplateRecord { model_id: "dlib".into(), vector: vec![7; template_bytes] }],
     }
@@ -68,6 +83,7 @@ fn person(i: usize, template_bytes: usize) -> SnapshotEntry {
 fn event(seq: u64) -> AuditEvent {
     AuditEvent {
         device: kiosk(),
+        epoch: 2,
         seq,
         at: T0,
         decision: Decision::Unknown,
@@ -109,7 +125,7 @@ fn repeated_requests_while_a_read_is_in_flight_are_ignored() {
 fn missing_deltas_are_answered_as_signed_batches_then_the_head() {
     let mut s = server();
     receive(&mut s, T0, &up(Up::ResyncRequest { shard: lobby(), have_seq: 4 }));
-    let out = read(&mut s, T0, 4, LogRead::Entries { head: 7, entries: (5..=7).map(removal).collect() });
+    let out = read(&mut s, T0, 4, LogRead::Entries { epoch: 9, head: 7, entries: (5..=7).map(removal).collect() });
     let bodies = downs(&out);
     let [Down::Deltas(batch), Down::Head { shard, seq: 7 }] = bodies.as_slice() else { panic!("{bodies:?}") };
     assert_eq!((batch.base_seq, batch.seq, batch.ops.len()), (4, 7, 3));
@@ -119,7 +135,7 @@ fn missing_deltas_are_answered_as_signed_batches_then_the_head() {
 #[test]
 fn nothing_new_is_answered_with_the_head_alone() {
     let mut s = server();
-    let out = read(&mut s, T0, 7, LogRead::Entries { head: 7, entries: vec![] });
+    let out = read(&mut s, T0, 7, LogRead::Entries { epoch: 9, head: 7, entries: vec![] });
     assert_eq!(downs(&out), vec![Down::Head { shard: lobby(), seq: 7 }]);
 }
 
@@ -128,7 +144,7 @@ fn a_hole_in_what_was_read_stops_the_batches_before_it() {
     let mut s = server();
     let entries = vec![removal(5), removal(6), removal(8)];
     // (A hole after some contiguous entries: those are sent, the head says more exists.)
-    let out = read(&mut s, T0, 4, LogRead::Entries { head: 8, entries });
+    let out = read(&mut s, T0, 4, LogRead::Entries { epoch: 9, head: 8, entries });
     let bodies = downs(&out);
     let [Down::Deltas(batch), Down::Head { seq: 8, .. }] = bodies.as_slice() else { panic!("{bodies:?}") };
     assert_eq!((batch.base_seq, batch.seq), (4, 6));
@@ -144,7 +160,7 @@ fn large_answers_are_split_into_batches_that_chain() {
             LogEntry { seq, op: DeltaOp::Upsert { identity: p.identity, templates: p.templates } }
         })
         .collect();
-    let out = read(&mut s, T0, 0, LogRead::Entries { head: 40, entries });
+    let out = read(&mut s, T0, 0, LogRead::Entries { epoch: 9, head: 40, entries });
     for action in &out {
         let ServerAction::Publish(p) = action else { panic!() };
         assert!(p.payload.len() <= 8 * 1024, "{}", p.payload.len());
@@ -177,7 +193,7 @@ fn a_compacted_log_is_answered_with_a_chunked_snapshot() {
     assert_eq!(out, vec![ServerAction::ReadSnapshot { device: kiosk(), shard: lobby(), after_seq: 2 }]);
     assert!(receive(&mut s, T0 + 1, &request).is_empty(), "still answering");
     let entries: Vec<SnapshotEntry> = (0..100).map(|i| person(i, 512)).collect();
-    let out = read(&mut s, T0 + 2, 2, LogRead::Snapshot { seq: 50, entries: entries.clone() });
+    let out = read(&mut s, T0 + 2, 2, LogRead::Snapshot { epoch: 9, seq: 50, entries: entries.clone() });
     let bodies = downs(&out);
     let (chunks, rest): (Vec<_>, Vec<_>) = bodies.into_iter().partition(|b| matches!(b, Down::Snapshot(_)));
     assert_eq!(rest, vec![Down::Head { shard: lobby(), seq: 50 }]);
@@ -196,7 +212,7 @@ fn a_compacted_log_is_answered_with_a_chunked_snapshot() {
     let joined: Vec<SnapshotEntry> = chunks.into_iter().flat_map(|c| c.entries).collect();
     assert_eq!(joined, entries);
     // The next snapshot gets another id.
-    let out = read(&mut s, T0 + 3, 2, LogRead::Snapshot { seq: 50, entries });
+    let out = read(&mut s, T0 + 3, 2, LogRead::Snapshot { epoch: 9, seq: 50, entries });
     let Some(Down::Snapshot(c)) = downs(&out).into_iter().next() else { panic!() };
     assert_ne!(c.snapshot, snapshot);
 }
@@ -204,7 +220,7 @@ fn a_compacted_log_is_answered_with_a_chunked_snapshot() {
 #[test]
 fn an_empty_shard_snapshot_is_one_empty_chunk() {
     let mut s = server();
-    let out = read(&mut s, T0, 0, LogRead::Snapshot { seq: 3, entries: vec![] });
+    let out = read(&mut s, T0, 0, LogRead::Snapshot { epoch: 9, seq: 3, entries: vec![] });
     let bodies = downs(&out);
     let [Down::Snapshot(c), Down::Head { seq: 3, .. }] = bodies.as_slice() else { panic!("{bodies:?}") };
     assert_eq!((c.index, c.count, c.entries.len()), (0, 1, 0));
@@ -213,7 +229,7 @@ fn an_empty_shard_snapshot_is_one_empty_chunk() {
 #[test]
 fn a_device_ahead_of_the_log_is_reported_not_answered() {
     let mut s = server();
-    let out = read(&mut s, T0, 9, LogRead::Entries { head: 5, entries: vec![] });
+    let out = read(&mut s, T0, 9, LogRead::Entries { epoch: 9, head: 5, entries: vec![] });
     assert_eq!(out, vec![ServerAction::DeviceAhead { device: kiosk(), shard: lobby(), device_seq: 9, head: 5 }]);
 }
 
@@ -224,11 +240,11 @@ fn an_audit_batch_is_stored_and_acknowledged_only_once_stored() {
     let out = receive(&mut s, T0, &batch);
     assert_eq!(
         out,
-        vec![ServerAction::StoreAudit { device: kiosk(), events: vec![event(3), event(4), event(9)], up_to_seq: 9 }]
+        vec![ServerAction::StoreAudit { device: kiosk(), epoch: 2, events: vec![event(3), event(4), event(9)], up_to_seq: 9 }]
     );
     assert!(s.handle(T0, ServerInput::AuditStoreFailed { device: kiosk(), up_to_seq: 9 }).is_empty());
-    let out = s.handle(T0, ServerInput::AuditStored { device: kiosk(), up_to_seq: 9 });
-    assert_eq!(downs(&out), vec![Down::AuditAck { up_to_seq: 9 }]);
+    let out = s.handle(T0, ServerInput::AuditStored { device: kiosk(), epoch: 2, up_to_seq: 9 });
+    assert_eq!(downs(&out), vec![Down::AuditAck { epoch: 2, up_to_seq: 9 }]);
     // A duplicate is stored again (idempotently) and acknowledged again.
     assert_eq!(receive(&mut s, T0, &batch).len(), 1);
 }
@@ -250,6 +266,9 @@ fn applied_acknowledgements_are_tracked_per_device_and_shard() {
         health: "ok".into(),
         outbox_depth: 0,
         last_command: 0,
+        stale: false,
+        assignment: 0,
+        trusted_key: None,
     };
     let message = (topics::device_status(&kiosk()), encode(&status).unwrap());
     let out = receive(&mut s, T0, &message);
@@ -277,19 +296,19 @@ fn uplinks_naming_another_device_or_malformed_are_rejected() {
             })
             .collect()
     };
-    assert_eq!(labels(s.handle(T0, ServerInput::Received { topic: &topic, payload: &payload })), ["wrong_device"]);
-    assert_eq!(labels(s.handle(T0, ServerInput::Received { topic: &topic, payload: b"\xff" })), ["malformed"]);
+    assert_eq!(labels(s.handle(T0, ServerInput::Received { topic: &topic, payload: &payload, key: &device_public() })), ["wrong_device"]);
+    assert_eq!(labels(s.handle(T0, ServerInput::Received { topic: &topic, payload: b"\xff", key: &device_public() })), ["malformed"]);
     let down = topics::device_down(&kiosk());
-    assert_eq!(labels(s.handle(T0, ServerInput::Received { topic: &down, payload: &payload })), ["unexpected_topic"]);
+    assert_eq!(labels(s.handle(T0, ServerInput::Received { topic: &down, payload: &payload, key: &device_public() })), ["unexpected_topic"]);
     let status_topic = topics::device_status(&kiosk());
-    assert_eq!(labels(s.handle(T0, ServerInput::Received { topic: &status_topic, payload: &payload })), ["wrong_kind"]);
+    assert_eq!(labels(s.handle(T0, ServerInput::Received { topic: &status_topic, payload: &payload, key: &device_public() })), ["wrong_kind"]);
     assert_eq!(s.applied_seq(&kiosk(), &lobby()), None);
 }
 
 #[test]
 fn published_deltas_and_commands_are_signed_for_their_topic() {
     let s = server();
-    let batch = DeltaBatch { shard: lobby(), base_seq: 1, seq: 2, ops: vec![removal(2).op] };
+    let batch = DeltaBatch { shard: lobby(), epoch: 9, base_seq: 1, seq: 2, ops: vec![removal(2).op] };
     let publish = s.publish_delta(&batch).unwrap();
     assert_eq!(publish.topic, "facegate/v1/shard/lobby/delta");
     assert_eq!(decode_verified::<DeltaBatch>(&publish.payload, &keys()).unwrap(), batch);
@@ -301,7 +320,7 @@ fn published_deltas_and_commands_are_signed_for_their_topic() {
 
 #[test]
 fn log_entries_come_from_one_op_per_seq_batches_only() {
-    let batch = DeltaBatch { shard: lobby(), base_seq: 4, seq: 6, ops: vec![removal(5).op, removal(6).op] };
+    let batch = DeltaBatch { shard: lobby(), epoch: 9, base_seq: 4, seq: 6, ops: vec![removal(5).op, removal(6).op] };
     assert_eq!(LogEntry::from_batch(batch.clone()), Some(vec![removal(5), removal(6)]));
     assert_eq!(LogEntry::from_batch(DeltaBatch { seq: 9, ..batch }), None);
 }
@@ -309,9 +328,9 @@ fn log_entries_come_from_one_op_per_seq_batches_only() {
 #[test]
 fn a_log_that_does_not_reach_back_is_treated_as_compacted() {
     let mut s = server();
-    let out = read(&mut s, T0, 4, LogRead::Entries { head: 9, entries: vec![removal(8), removal(9)] });
+    let out = read(&mut s, T0, 4, LogRead::Entries { epoch: 9, head: 9, entries: vec![removal(8), removal(9)] });
     assert_eq!(out, vec![ServerAction::ReadSnapshot { device: kiosk(), shard: lobby(), after_seq: 4 }]);
-    let out = read(&mut s, T0, 4, LogRead::Entries { head: 9, entries: vec![] });
+    let out = read(&mut s, T0, 4, LogRead::Entries { epoch: 9, head: 9, entries: vec![] });
     assert_eq!(out, vec![ServerAction::ReadSnapshot { device: kiosk(), shard: lobby(), after_seq: 4 }]);
 }
 
