@@ -86,7 +86,9 @@ pub enum Rejection {
     OldAssignment { version: u64, current: u64 },
     #[error("freshness proof for a nonce this device did not ask with (a replay, or too late)")]
     UnknownNonce,
-    #[error("shard {shard} is applied up to {applied}, beyond the log's head {head}: the log went back without a new epoch")]
+    #[error(
+        "shard {shard} is applied up to {applied}, beyond the log's head {head}: the log went back without a new epoch"
+    )]
     AheadOfLog { shard: ShardId, applied: u64, head: u64 },
     #[error("device {0} is unknown or revoked")]
     UnknownDevice(DeviceId),

@@ -2,13 +2,28 @@
 //! re-encode to the same message" check.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::sync::LazyLock;
+
 use facegate_protocol::{
-    DeltaBatch, DeviceStatus, DownMessage, Kind, SigningKey, TrustedKeys, UpMessage, decode, decode_verified, encode,
-    encode_signed,
+    DeltaBatch, DeviceSigningKey, DeviceStatus, DownMessage, Kind, SealKey, Signer, SigningKey, TrustedKeys, UpMessage,
+    decode_device_verified, decode_verified, encode_device_signed, encode_signed,
 };
 
 pub fn key() -> SigningKey {
     SigningKey::from_seed(&[42; 32]).unwrap()
+}
+
+/// The device key of the fuzzing process (ECDSA keys are generated).
+pub static DEVICE: LazyLock<DeviceSigningKey> = LazyLock::new(|| {
+    DeviceSigningKey::from_pkcs8(&DeviceSigningKey::generate_pkcs8().unwrap()).unwrap()
+});
+
+/// The key that signs `kind`.
+pub fn seal_key<'a>(kind: Kind, central: &'a SigningKey) -> Option<SealKey<'a>> {
+    Some(match kind.signer() {
+        Signer::Central => SealKey::Central(central),
+        Signer::Device => SealKey::Device(&DEVICE),
+    })
 }
 
 pub fn keys() -> TrustedKeys {
@@ -29,13 +44,17 @@ pub fn check(kind: Kind, bytes: &[u8], keys: &TrustedKeys, key: &SigningKey) {
             }
         }
         Kind::Up => {
-            if let Ok(m) = decode::<UpMessage>(bytes) {
-                assert_eq!(decode::<UpMessage>(&encode(&m).unwrap()).unwrap(), m);
+            let public = DEVICE.public_key();
+            if let Ok(m) = decode_device_verified::<UpMessage>(bytes, &public) {
+                let again = encode_device_signed(&m, &DEVICE).unwrap();
+                assert_eq!(decode_device_verified::<UpMessage>(&again, &public).unwrap(), m);
             }
         }
         Kind::Status => {
-            if let Ok(m) = decode::<DeviceStatus>(bytes) {
-                assert_eq!(decode::<DeviceStatus>(&encode(&m).unwrap()).unwrap(), m);
+            let public = DEVICE.public_key();
+            if let Ok(m) = decode_device_verified::<DeviceStatus>(bytes, &public) {
+                let again = encode_device_signed(&m, &DEVICE).unwrap();
+                assert_eq!(decode_device_verified::<DeviceStatus>(&again, &public).unwrap(), m);
             }
         }
     }

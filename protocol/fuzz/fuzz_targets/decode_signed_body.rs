@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else { return };
     let kind = Kind::ALL[usize::from(selector) % Kind::ALL.len()];
     let (key, keys) = &*KEY;
-    if let Ok(bytes) = seal_unchecked(kind, body, kind.signed().then_some(key)) {
+    if let Ok(bytes) = seal_unchecked(kind, body, common::seal_key(kind, key)) {
         common::check(kind, &bytes, keys, key);
     }
 });

@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 
 use facegate_protocol::sync::device::{DeviceAction, DeviceConfig, DeviceInput, DeviceState, DeviceSync, StatusInfo};
 use facegate_protocol::sync::server::{ServerConfig, ServerInput, ServerSync};
-use facegate_protocol::{DeviceId, Kind, ShardId, ShardProgress, SigningKey, TrustedKeys, seal_unchecked, topics};
+use facegate_protocol::{DeviceId, DeviceSigningKey, Kind, ShardId, ShardProgress, SigningKey, TrustedKeys, seal_unchecked, topics};
 use libfuzzer_sys::fuzz_target;
 
 mod common;
@@ -19,9 +19,11 @@ fuzz_target!(|data: &[u8]| {
     let (key, keys) = &*KEY;
     let device = DeviceId::new("kiosk-1").unwrap();
     let shard = ShardId::new("lobby").unwrap();
-    let state = DeviceState { shards: vec![ShardProgress { shard: shard.clone(), seq: 0 }], ..DeviceState::default() };
+    let state = DeviceState { shards: vec![ShardProgress { shard: shard.clone(), seq: 0 }], epoch: 1, ..DeviceState::default() };
     let status = StatusInfo { model_id: None, version: "0".into(), health: "ok".into() };
-    let mut kiosk = DeviceSync::new(device.clone(), keys.clone(), DeviceConfig::default(), state, status, 0);
+    let signer = DeviceSigningKey::from_pkcs8(&DeviceSigningKey::generate_pkcs8().unwrap()).unwrap();
+    let public = common::DEVICE.public_key();
+    let mut kiosk = DeviceSync::new(device.clone(), keys.clone(), signer, DeviceConfig::default(), state, status, 0);
     let mut server = ServerSync::new(common::key(), ServerConfig::default(), 0);
     kiosk.handle(0, DeviceInput::Connected);
     let topics = [
@@ -39,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
         let topic = &topics[usize::from(header >> 4) % 4];
         let kind = Kind::ALL[usize::from(header >> 4) % 4];
         let payload = if header & 0x80 != 0 {
-            match seal_unchecked(kind, rest, kind.signed().then_some(key)) {
+            match seal_unchecked(kind, rest, common::seal_key(kind, key)) {
                 Ok(bytes) => bytes,
                 Err(_) => continue,
             }
@@ -64,6 +66,6 @@ fuzz_target!(|data: &[u8]| {
                 _ => {}
             }
         }
-        server.handle(now, ServerInput::Received { topic, payload: &payload });
+        server.handle(now, ServerInput::Received { topic, payload: &payload, key: &public });
     }
 });

@@ -228,7 +228,10 @@ fn unknown_and_mismatched_kinds_are_refused() {
         &device_key(),
     )
     .unwrap();
-    assert_eq!(decode_unverified::<UpMessage>(&status), Err(ProtocolError::WrongKind { expected: "up", found: "status" }));
+    assert_eq!(
+        decode_unverified::<UpMessage>(&status),
+        Err(ProtocolError::WrongKind { expected: "up", found: "status" })
+    );
 }
 
 #[test]

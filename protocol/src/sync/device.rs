@@ -137,7 +137,9 @@ pub struct DeviceState {
     /// The outbox's epoch ([`AuditEvent::epoch`]): acknowledgements of
     /// another epoch are ignored.
     pub outbox_epoch: u64,
-    /// Secret random bytes the freshness nonces are derived from.
+    /// Secret random bytes the freshness nonces are derived from: draw them
+    /// anew on every start (a proof answering an earlier run's request must
+    /// never match this run's nonces).
     pub nonce_seed: [u8; 32],
 }
 
@@ -308,13 +310,22 @@ impl Shard {
     }
 }
 
+/// A freshness request waiting for its proof.
+#[derive(Debug)]
+struct Outstanding {
+    nonce: u64,
+    sent: UnixMillis,
+    applied: BTreeMap<ShardId, u64>,
+}
+
 /// Freshness requests and the state they verify.
 #[derive(Debug)]
 struct Freshness {
     seed: [u8; 32],
     counter: u64,
-    /// Requests sent and not answered yet: nonce and send time.
-    outstanding: Vec<(u64, UnixMillis)>,
+    /// Requests sent and not answered yet: nonce, send time, and each
+    /// shard's applied seq when it was sent.
+    outstanding: Vec<Outstanding>,
     /// When the next request is due.
     next_request: UnixMillis,
     /// When the last valid proof's request was sent (any shard).
@@ -718,9 +729,8 @@ impl DeviceSync {
     }
 
     fn on_rollover(&mut self, signed_by: KeyId, new_key: &[u8], out: &mut Vec<DeviceAction>) -> Result<(), Rejection> {
-        let key = PublicKey::from_bytes(new_key).map_err(|e| {
-            Rejection::Protocol(ProtocolError::Invalid { kind: "down", message: e.to_string() })
-        })?;
+        let key = PublicKey::from_bytes(new_key)
+            .map_err(|e| Rejection::Protocol(ProtocolError::Invalid { kind: "down", message: e.to_string() }))?;
         if key.key_id() == signed_by {
             // Already the key in use: a repeat of a rollover done.
             return Ok(());
@@ -733,15 +743,20 @@ impl DeviceSync {
 
     /// A proof answering a request of ours: adopt its epoch and assignment,
     /// then verify every shard that has reached its head.
-    fn on_proof(&mut self, now: UnixMillis, proof: FreshnessProof, out: &mut Vec<DeviceAction>) -> Result<(), Rejection> {
+    fn on_proof(
+        &mut self,
+        now: UnixMillis,
+        proof: FreshnessProof,
+        out: &mut Vec<DeviceAction>,
+    ) -> Result<(), Rejection> {
         if self.wiped {
             return Err(Rejection::Wiped);
         }
-        let position = self.freshness.outstanding.iter().position(|&(nonce, _)| nonce == proof.nonce);
+        let position = self.freshness.outstanding.iter().position(|o| o.nonce == proof.nonce);
         let Some(position) = position else {
             return Err(Rejection::UnknownNonce);
         };
-        let (_, requested) = self.freshness.outstanding.remove(position);
+        let Outstanding { sent: requested, applied: applied_then, .. } = self.freshness.outstanding.remove(position);
         self.freshness.last_proof = Some(self.freshness.last_proof.map_or(requested, |p| p.max(requested)));
         self.status_dirty = true;
         if proof.epoch != self.epoch {
@@ -774,10 +789,21 @@ impl DeviceSync {
         let heads: BTreeMap<&ShardId, u64> = proof.heads.iter().map(|p| (&p.shard, p.seq)).collect();
         for (id, s) in &mut self.shards {
             let Some(&head) = heads.get(id) else { continue };
-            if s.applied == head {
+            if applied_then.get(id).is_some_and(|&then| then > head) {
+                // The device had more than the log when it asked (the log
+                // was read after the request): the log went back without a
+                // new epoch (a restored database?). Never verified; the door
+                // turns stale until an operator starts a new epoch.
+                out.push(DeviceAction::Rejected {
+                    topic: topics::device_down(&self.device),
+                    reason: Rejection::AheadOfLog { shard: id.clone(), applied: s.applied, head },
+                });
+            } else if s.applied >= head {
+                // Everything the log held when it was read is applied (a
+                // proof delayed in the network may find the shard further on).
                 s.verified_at = Some(s.verified_at.map_or(requested, |v| v.max(requested)));
                 s.pending_proofs.retain(|&(h, _)| h > head);
-            } else if s.applied < head {
+            } else {
                 // Behind: current as of this request once it reaches the head.
                 s.pending_proofs.push((head, requested));
                 if s.pending_proofs.len() > MAX_PENDING_PROOFS {
@@ -785,14 +811,6 @@ impl DeviceSync {
                 }
                 s.wanted = true;
                 s.next_request = s.next_request.min(now);
-            } else {
-                // Ahead of the log: the log went back without a new epoch (a
-                // restored database?). Never verified; the door turns stale
-                // until an operator starts a new epoch.
-                out.push(DeviceAction::Rejected {
-                    topic: topics::device_down(&self.device),
-                    reason: Rejection::AheadOfLog { shard: id.clone(), applied: s.applied, head },
-                });
             }
         }
         if let Some(persisted) = self.freshness.unsaved.take() {
@@ -1044,7 +1062,7 @@ impl DeviceSync {
         // Answers to requests older than the staleness window verify nothing
         // useful any more.
         let keep = self.config.max_staleness_ms.max(self.config.freshness_interval_ms.saturating_mul(4));
-        self.freshness.outstanding.retain(|&(_, sent)| now < after(sent, keep));
+        self.freshness.outstanding.retain(|o| now < after(o.sent, keep));
     }
 
     /// Issues the next apply of every shard that has none in flight.
@@ -1097,7 +1115,8 @@ impl DeviceSync {
             let nonce = self.freshness.nonce();
             if let Some(publish) = self.up(now, Up::FreshnessRequest { nonce }) {
                 out.push(DeviceAction::Publish(publish));
-                self.freshness.outstanding.push((nonce, now));
+                let applied = self.shards.iter().map(|(id, s)| (id.clone(), s.applied)).collect();
+                self.freshness.outstanding.push(Outstanding { nonce, sent: now, applied });
                 if self.freshness.outstanding.len() > MAX_OUTSTANDING_NONCES {
                     self.freshness.outstanding.remove(0);
                 }
@@ -1168,11 +1187,7 @@ impl DeviceSync {
             assignment: self.assignment_version,
             trusted_key: self.keys.keys().first().map(|k| k.key_id().to_string()),
         };
-        self.sign(&status).map(|payload| Publish {
-            topic: topics::device_status(&self.device),
-            payload,
-            retain: true,
-        })
+        self.sign(&status).map(|payload| Publish { topic: topics::device_status(&self.device), payload, retain: true })
     }
 }
 

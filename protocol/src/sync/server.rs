@@ -30,9 +30,8 @@ use std::collections::{BTreeMap, HashMap};
 use crate::codec::{Kind, ProtocolError, decode_device_verified, encode_signed};
 use crate::ids::{DeviceId, ShardId};
 use crate::messages::{
-    Assignment, AuditBatch, AuditEvent, Command, DeltaBatch, DeltaOp, DeviceStatus, Down, DownMessage,
-    FreshnessProof, MAX_DELTA_OPS, MAX_SNAPSHOT_CHUNK_ENTRIES, ShardProgress, SnapshotChunk, SnapshotEntry,
-    UnixMillis, Up, UpMessage,
+    Assignment, AuditBatch, AuditEvent, Command, DeltaBatch, DeltaOp, DeviceStatus, Down, DownMessage, FreshnessProof,
+    MAX_DELTA_OPS, MAX_SNAPSHOT_CHUNK_ENTRIES, ShardProgress, SnapshotChunk, SnapshotEntry, UnixMillis, Up, UpMessage,
 };
 use crate::signing::{DevicePublicKey, SigningKey};
 use crate::sync::{Publish, Rejection, after};
@@ -224,7 +223,12 @@ impl ServerSync {
 
     /// The rollover to this machine's key for a device that still trusts
     /// `previous`: signed by `previous`, naming the current key.
-    pub fn rollover(&self, now: UnixMillis, device: &DeviceId, previous: &SigningKey) -> Result<Publish, ProtocolError> {
+    pub fn rollover(
+        &self,
+        now: UnixMillis,
+        device: &DeviceId,
+        previous: &SigningKey,
+    ) -> Result<Publish, ProtocolError> {
         let message = DownMessage {
             device: device.clone(),
             sent_at: now,

@@ -10,10 +10,12 @@ use std::collections::{BTreeMap, VecDeque};
 
 use facegate_protocol::sync::Publish;
 use facegate_protocol::sync::device::{DeviceAction, DeviceConfig, DeviceInput, DeviceState, DeviceSync, StatusInfo};
-use facegate_protocol::sync::server::{LogEntry, LogRead, ServerAction, ServerConfig, ServerInput, ServerSync};
+use facegate_protocol::sync::server::{
+    FreshnessRead, LogEntry, LogRead, ServerAction, ServerConfig, ServerInput, ServerSync,
+};
 use facegate_protocol::{
-    AuditEvent, Command, Decision, DeltaBatch, DeltaOp, DeviceId, IdentityId, IdentityRecord, LivenessVerdict, ShardId,
-    ShardProgress, SnapshotEntry, StageMillis, TemplateRecord, TrustedKeys,
+    Assignment, AuditEvent, Command, Decision, DeltaBatch, DeltaOp, DeviceId, IdentityId, IdentityRecord,
+    LivenessVerdict, ShardId, ShardProgress, SnapshotEntry, StageMillis, TemplateRecord, TrustedKeys,
 };
 use proptest::prelude::*;
 
@@ -22,6 +24,8 @@ use crate::strategies::central_key;
 type Members = BTreeMap<IdentityId, (IdentityRecord, Vec<TemplateRecord>)>;
 
 const SHARDS: [&str; 2] = ["lobby", "vault"];
+/// The log epoch of the simulated centre.
+const EPOCH: u64 = 4;
 /// Entries per log read: small, so answers are often partial.
 const PAGE: usize = 3;
 
@@ -102,7 +106,7 @@ impl Central {
     fn append(&mut self, shard: &ShardId, op: DeltaOp) -> DeltaBatch {
         let head = self.head(shard);
         self.log.entry(shard.clone()).or_default().push(LogEntry { seq: head + 1, op: op.clone() });
-        DeltaBatch { shard: shard.clone(), base_seq: head, seq: head + 1, ops: vec![op] }
+        DeltaBatch { shard: shard.clone(), epoch: EPOCH, base_seq: head, seq: head + 1, ops: vec![op] }
     }
 }
 
@@ -166,9 +170,19 @@ fn new_device(kiosk: &Kiosk, now: i64) -> DeviceSync {
             .collect(),
         last_command_id: kiosk.last_command_id,
         outbox_depth: kiosk.outbox.len() as u64,
+        epoch: EPOCH,
+        // Fresh per start, as the daemon draws it: a proof answering the
+        // previous run's request must not match this run's nonces.
+        nonce_seed: {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&now.to_le_bytes());
+            seed
+        },
+        ..DeviceState::default()
     };
     let status = StatusInfo { model_id: Some("m".into()), version: "0.1.0".into(), health: "ok".into() };
-    DeviceSync::new(device_id(), TrustedKeys::new([central_key().public_key()]), config(), state, status, now)
+    let keys = TrustedKeys::new([central_key().public_key()]);
+    DeviceSync::new(device_id(), keys, crate::strategies::device_key(), config(), state, status, now)
 }
 
 impl World {
@@ -202,6 +216,7 @@ impl World {
                     valid_from: None,
                     valid_until: None,
                     version: *version,
+                    offline_access: false,
                 };
                 let templates = vec![TemplateRecord {
                     model_id: "m".into(),
@@ -224,6 +239,7 @@ impl World {
                 self.kiosk.next_audit += 1;
                 let event = AuditEvent {
                     device: device_id(),
+                    epoch: 0,
                     seq,
                     at: self.now,
                     decision: Decision::Unknown,
@@ -389,7 +405,16 @@ impl World {
                     // run, and deltas unless they follow the applied seq: on
                     // a network that duplicates and reorders, expected here.
                     DeviceAction::Rejected { reason, .. }
-                        if reason.label() == "replayed_command" || reason.is_ordering() => {}
+                        if reason.label() == "replayed_command"
+                            || reason.label() == "unknown_nonce"
+                            || reason.is_ordering() => {}
+                    DeviceAction::Subscribe(_)
+                    | DeviceAction::Unsubscribe(_)
+                    | DeviceAction::PurgeShards(_)
+                    | DeviceAction::Persist(_)
+                    | DeviceAction::TrustKeys(_) => {
+                        panic!("the assignment, epoch and key never change here: {action:?}")
+                    }
                     DeviceAction::Rejected { topic, reason } => panic!("rejected on {topic}: {reason}"),
                 }
             }
@@ -397,8 +422,14 @@ impl World {
     }
 
     fn run_server(&mut self, message: &Publish) {
-        let mut actions =
-            self.server.handle(self.now, ServerInput::Received { topic: &message.topic, payload: &message.payload });
+        let mut actions = self.server.handle(
+            self.now,
+            ServerInput::Received {
+                topic: &message.topic,
+                payload: &message.payload,
+                key: &crate::strategies::device_key().public_key(),
+            },
+        );
         while !actions.is_empty() {
             let mut next = Vec::new();
             for action in actions {
@@ -412,7 +443,7 @@ impl World {
                         } else {
                             let entries = self.central.log.get(&shard).into_iter().flatten();
                             let entries = entries.filter(|e| e.seq > after_seq).take(PAGE).cloned().collect();
-                            LogRead::Entries { head, entries }
+                            LogRead::Entries { epoch: EPOCH, head, entries }
                         };
                         next.extend(
                             self.server.handle(self.now, ServerInput::LogRead { device, shard, after_seq, read }),
@@ -426,12 +457,12 @@ impl World {
                             .into_values()
                             .map(|(identity, templates)| SnapshotEntry { identity, templates })
                             .collect();
-                        let read = LogRead::Snapshot { seq, entries };
+                        let read = LogRead::Snapshot { epoch: EPOCH, seq, entries };
                         next.extend(
                             self.server.handle(self.now, ServerInput::LogRead { device, shard, after_seq, read }),
                         );
                     }
-                    ServerAction::StoreAudit { device, events, up_to_seq } => {
+                    ServerAction::StoreAudit { device, epoch, events, up_to_seq } => {
                         let input = if std::mem::take(&mut self.central.fail_next_store) {
                             self.central.failed_stores += 1;
                             ServerInput::AuditStoreFailed { device, up_to_seq }
@@ -447,7 +478,7 @@ impl World {
                                     }
                                 }
                             }
-                            ServerInput::AuditStored { device, up_to_seq }
+                            ServerInput::AuditStored { device, epoch, up_to_seq }
                         };
                         next.extend(self.server.handle(self.now, input));
                     }
@@ -456,6 +487,18 @@ impl World {
                         *known = (*known).max(seq);
                     }
                     ServerAction::RecordStatus(_) => {}
+                    ServerAction::ReadFreshness { device, nonce } => {
+                        let shards: Vec<ShardId> = (0..SHARDS.len()).map(shard).collect();
+                        let heads = shards
+                            .iter()
+                            .map(|s| ShardProgress { shard: s.clone(), seq: self.central.head(s) })
+                            .collect();
+                        let read = FreshnessRead { epoch: EPOCH, assignment: Assignment { version: 0, shards }, heads };
+                        next.extend(
+                            self.server
+                                .handle(self.now, ServerInput::FreshnessRead { device, nonce, read: Some(read) }),
+                        );
+                    }
                     ServerAction::Rejected { topic, reason } => panic!("server rejected {topic}: {reason}"),
                     ServerAction::DeviceAhead { shard, device_seq, head, .. } => {
                         panic!("device ahead on {shard}: {device_seq} > {head}")

@@ -6,13 +6,24 @@
 use facegate_protocol::sync::device::{DeviceConfig, DeviceInput, DeviceState, DeviceSync, StatusInfo};
 use facegate_protocol::sync::server::{ServerConfig, ServerInput, ServerSync};
 use facegate_protocol::{
-    DeltaBatch, DeviceId, DeviceStatus, DownMessage, Kind, ShardId, ShardProgress, TrustedKeys, UpMessage, decode,
-    decode_verified, encode, encode_signed, seal_unchecked, topics,
+    DeltaBatch, DeviceId, DeviceSigningKey, DeviceStatus, DownMessage, Kind, SealKey, ShardId, ShardProgress, Signer,
+    SigningKey, TrustedKeys, UpMessage, decode_verified, encode_signed, seal_unchecked, topics,
 };
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 
-use crate::strategies::{central_key, delta_batch, device_status, down_message, up_message};
+use crate::strategies::{
+    central_key, decode_up, delta_batch, device_key, device_status, down_message, encode_up, up_message,
+};
+
+/// The key that signs `kind` (mutated bodies are re-signed so they reach
+/// the body decoders).
+fn seal_key<'a>(kind: Kind, central: &'a SigningKey, device: &'a DeviceSigningKey) -> Option<SealKey<'a>> {
+    Some(match kind.signer() {
+        Signer::Central => SealKey::Central(central),
+        Signer::Device => SealKey::Device(device),
+    })
+}
 
 /// xorshift64*: deterministic, no dependency.
 struct Rng(u64);
@@ -54,13 +65,13 @@ fn decode_all(bytes: &[u8], tally: &mut Tally) {
         let again = encode_signed(&m, &central_key()).unwrap();
         assert_eq!(decode_verified::<DownMessage>(&again, &keys).unwrap(), m);
     }
-    if let Ok(m) = decode::<UpMessage>(bytes) {
+    if let Ok(m) = decode_up::<UpMessage>(bytes) {
         tally.accepted += 1;
-        assert_eq!(decode::<UpMessage>(&encode(&m).unwrap()).unwrap(), m);
+        assert_eq!(decode_up::<UpMessage>(&encode_up(&m).unwrap()).unwrap(), m);
     }
-    if let Ok(m) = decode::<DeviceStatus>(bytes) {
+    if let Ok(m) = decode_up::<DeviceStatus>(bytes) {
         tally.accepted += 1;
-        assert_eq!(decode::<DeviceStatus>(&encode(&m).unwrap()).unwrap(), m);
+        assert_eq!(decode_up::<DeviceStatus>(&encode_up(&m).unwrap()).unwrap(), m);
     }
 }
 
@@ -120,9 +131,9 @@ fn corpus() -> Vec<(Kind, Vec<u8>, Vec<u8>)> {
         let m = sample(&mut runner, &down_message());
         out.push((Kind::Down, encode_signed(&m, &key).unwrap(), body(&m)));
         let m = sample(&mut runner, &up_message());
-        out.push((Kind::Up, encode(&m).unwrap(), body(&m)));
+        out.push((Kind::Up, encode_up(&m).unwrap(), body(&m)));
         let m = sample(&mut runner, &device_status());
-        out.push((Kind::Status, encode(&m).unwrap(), body(&m)));
+        out.push((Kind::Status, encode_up(&m).unwrap(), body(&m)));
     }
     out
 }
@@ -169,6 +180,7 @@ fn mutated_envelopes_are_refused_or_sound() {
 #[test]
 fn mutated_bodies_behind_a_good_signature_are_refused_or_sound() {
     let key = central_key();
+    let device = device_key();
     let corpus = corpus();
     let mut rng = Rng(0x0123_4567_89ab_cdef);
     let mut tally = Tally::default();
@@ -176,7 +188,7 @@ fn mutated_bodies_behind_a_good_signature_are_refused_or_sound() {
         let other = &corpus[(i + 3) % corpus.len()].2;
         for _ in 0..300 {
             let mutated = mutate(&mut rng, body, other);
-            let signed = seal_unchecked(*kind, &mutated, kind.signed().then_some(&key)).unwrap();
+            let signed = seal_unchecked(*kind, &mutated, seal_key(*kind, &key, &device)).unwrap();
             decode_all(&signed, &mut tally);
         }
     }
@@ -187,12 +199,13 @@ fn mutated_bodies_behind_a_good_signature_are_refused_or_sound() {
 #[test]
 fn mutated_messages_never_panic_either_state_machine() {
     let key = central_key();
+    let signer = device_key();
     let corpus = corpus();
     let device = DeviceId::new("kiosk-1").unwrap();
     let shard = ShardId::new("lobby").unwrap();
     let state = DeviceState { shards: vec![ShardProgress { shard: shard.clone(), seq: 0 }], ..DeviceState::default() };
     let status = StatusInfo { model_id: None, version: "0".into(), health: "ok".into() };
-    let mut kiosk = DeviceSync::new(device.clone(), keys(), DeviceConfig::default(), state, status, 0);
+    let mut kiosk = DeviceSync::new(device.clone(), keys(), device_key(), DeviceConfig::default(), state, status, 0);
     kiosk.handle(0, DeviceInput::Connected);
     let mut server = ServerSync::new(central_key(), ServerConfig::default(), 0);
     let device_topics = [topics::shard_delta(&shard), topics::device_down(&device)];
@@ -205,13 +218,13 @@ fn mutated_messages_never_panic_either_state_machine() {
                 mutate(&mut rng, bytes, other)
             } else {
                 let mutated = mutate(&mut rng, body, other);
-                seal_unchecked(*kind, &mutated, kind.signed().then_some(&key)).unwrap()
+                seal_unchecked(*kind, &mutated, seal_key(*kind, &key, &signer)).unwrap()
             };
             let now = (i * 1_000 + n) as i64;
             let topic = &device_topics[n % 2];
             kiosk.handle(now, DeviceInput::Received { topic, payload: &payload });
             let topic = &server_topics[n % 2];
-            server.handle(now, ServerInput::Received { topic, payload: &payload });
+            server.handle(now, ServerInput::Received { topic, payload: &payload, key: &device_key().public_key() });
         }
         kiosk.handle((i * 1_000) as i64, DeviceInput::Tick);
     }

@@ -1,9 +1,9 @@
 //! proptest strategies for every message type, and fixed samples.
 
 use facegate_protocol::{
-    AuditBatch, AuditEvent, Command, Decision, DeltaBatch, DeltaOp, DeviceId, DeviceStatus, Down, DownMessage,
-    IdentityId, IdentityRecord, LivenessVerdict, ShardId, ShardProgress, SigningKey, SnapshotChunk, SnapshotEntry,
-    StageMillis, TemplateRecord, Up, UpMessage,
+    Assignment, AuditBatch, AuditEvent, Command, Decision, DeltaBatch, DeltaOp, DeviceId, DeviceSigningKey,
+    DeviceStatus, Down, DownMessage, FreshnessProof, IdentityId, IdentityRecord, LivenessVerdict, ProtocolError,
+    ShardId, ShardProgress, SigningKey, SnapshotChunk, SnapshotEntry, StageMillis, TemplateRecord, Up, UpMessage,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -13,6 +13,22 @@ const ID: &str = "[A-Za-z0-9][A-Za-z0-9._-]{0,20}";
 
 pub(crate) fn central_key() -> SigningKey {
     SigningKey::from_seed(&[42; 32]).unwrap()
+}
+
+/// The one device key of the test process (ECDSA keys are generated, not seeded).
+pub(crate) fn device_key() -> DeviceSigningKey {
+    static PKCS8: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    DeviceSigningKey::from_pkcs8(PKCS8.get_or_init(|| DeviceSigningKey::generate_pkcs8().unwrap())).unwrap()
+}
+
+/// Encodes a device → server message, signed by [`device_key`].
+pub(crate) fn encode_up<M: facegate_protocol::Message>(message: &M) -> Result<Vec<u8>, ProtocolError> {
+    facegate_protocol::encode_device_signed(message, &device_key())
+}
+
+/// Decodes a device → server message signed by [`device_key`].
+pub(crate) fn decode_up<M: facegate_protocol::Message>(bytes: &[u8]) -> Result<M, ProtocolError> {
+    facegate_protocol::decode_device_verified(bytes, &device_key().public_key())
 }
 
 pub(crate) fn device_id() -> impl Strategy<Value = DeviceId> {
@@ -39,7 +55,7 @@ fn window() -> impl Strategy<Value = (Option<i64>, Option<i64>)> {
 
 pub(crate) fn identity_record() -> impl Strategy<Value = IdentityRecord> {
     (identity_id(), ".{0,30}", window(), any::<u64>()).prop_map(|(id, name, (valid_from, valid_until), version)| {
-        IdentityRecord { id, name, valid_from, valid_until, version }
+        IdentityRecord { id, name, valid_from, valid_until, version, offline_access: version % 2 == 0 }
     })
 }
 
@@ -57,14 +73,16 @@ pub(crate) fn delta_op() -> impl Strategy<Value = DeltaOp> {
 }
 
 pub(crate) fn delta_batch() -> impl Strategy<Value = DeltaBatch> {
-    (shard_id(), 0..u64::MAX / 2, 1..1_000u64, vec(delta_op(), 1..5))
-        .prop_map(|(shard, base_seq, span, ops)| DeltaBatch { shard, base_seq, seq: base_seq + span, ops })
+    (shard_id(), 0..u64::MAX / 2, 1..1_000u64, vec(delta_op(), 1..5)).prop_map(|(shard, base_seq, span, ops)| {
+        DeltaBatch { shard, epoch: 1 + base_seq % 3, base_seq, seq: base_seq + span, ops }
+    })
 }
 
 pub(crate) fn snapshot_chunk() -> impl Strategy<Value = SnapshotChunk> {
     (shard_id(), any::<u64>(), any::<u64>(), 1..100u32, vec((identity_record(), vec(template(), 0..3)), 0..4))
         .prop_flat_map(|(shard, seq, snapshot, count, entries)| {
             (0..count).prop_map(move |index| SnapshotChunk {
+                epoch: 5,
                 shard: shard.clone(),
                 seq,
                 snapshot,
@@ -87,7 +105,21 @@ pub(crate) fn down() -> impl Strategy<Value = Down> {
     prop_oneof![
         delta_batch().prop_map(Down::Deltas),
         snapshot_chunk().prop_map(Down::Snapshot),
-        any::<u64>().prop_map(|up_to_seq| Down::AuditAck { up_to_seq }),
+        (any::<u64>(), any::<u64>()).prop_map(|(epoch, up_to_seq)| Down::AuditAck { epoch, up_to_seq }),
+        (any::<u64>(), 1..u64::MAX, any::<u64>(), vec(shard_id(), 0..4)).prop_map(|(nonce, epoch, version, shards)| {
+            let mut shards = shards;
+            shards.sort();
+            shards.dedup();
+            let heads = shards.iter().map(|s| ShardProgress { shard: s.clone(), seq: version / 2 }).collect();
+            Down::Freshness(FreshnessProof { nonce, epoch, assignment: Assignment { version, shards }, heads })
+        }),
+        (any::<u64>(), vec(shard_id(), 0..4)).prop_map(|(version, shards)| {
+            let mut shards = shards;
+            shards.sort();
+            shards.dedup();
+            Down::Assignment(Assignment { version, shards })
+        }),
+        any::<[u8; 32]>().prop_map(|key| Down::KeyRollover { new_key: key.to_vec() }),
         (any::<u64>(), command()).prop_map(|(id, command)| Down::Command { id, command }),
         (shard_id(), any::<u64>()).prop_map(|(shard, seq)| Down::Head { shard, seq }),
     ]
@@ -136,6 +168,7 @@ pub(crate) fn audit_event(device: DeviceId, seq: u64) -> impl Strategy<Value = A
             move |(at, decision, identity, score, liveness, liveness_score, reason, model_id, frames, timings_ms)| {
                 AuditEvent {
                     device: device.clone(),
+                    epoch: 3,
                     seq,
                     at,
                     decision,
@@ -165,6 +198,7 @@ pub(crate) fn up_message() -> impl Strategy<Value = UpMessage> {
             (shard_id(), any::<u64>()).prop_map(|(shard, have_seq)| Up::ResyncRequest { shard, have_seq }),
             audit_batch(device.clone()).prop_map(Up::Audit),
             (shard_id(), any::<u64>()).prop_map(|(shard, seq)| Up::Applied { shard, seq }),
+            any::<u64>().prop_map(|nonce| Up::FreshnessRequest { nonce }),
         ];
         body.prop_map(move |body| UpMessage { device: device.clone(), sent_at, body })
     })
@@ -193,6 +227,9 @@ pub(crate) fn device_status() -> impl Strategy<Value = DeviceStatus> {
                 health,
                 outbox_depth,
                 last_command,
+                stale: outbox_depth % 2 == 1,
+                assignment: last_command / 2,
+                trusted_key: None,
             }
         })
 }

@@ -36,7 +36,8 @@ impl DeviceSync {
         if !self.connected || self.audit.in_flight.is_some() {
             return;
         }
-        let mut events: Vec<AuditEvent> = events.into_iter().map(|e| sanitize(&self.device, self.outbox_epoch, e)).collect();
+        let mut events: Vec<AuditEvent> =
+            events.into_iter().map(|e| sanitize(&self.device, self.outbox_epoch, e)).collect();
         events.sort_by_key(|e| e.seq);
         events.dedup_by_key(|e| e.seq);
         events.truncate(self.config.audit_batch_events.clamp(1, MAX_AUDIT_BATCH_EVENTS));

@@ -1,7 +1,7 @@
 use super::*;
-use crate::messages::{Assignment, FreshnessProof};
 use crate::codec::{Kind, decode_unverified, encode_signed, seal_unchecked};
 use crate::ids::IdentityId;
+use crate::messages::{Assignment, FreshnessProof};
 use crate::messages::{AuditBatch, Decision, DeltaOp, IdentityRecord, LivenessVerdict, StageMillis};
 use crate::signing::{DeviceSigningKey, SigningKey};
 
@@ -98,7 +98,15 @@ fn chunk(seq: u64, snapshot: u64, index: u32, count: u32) -> Incoming {
         },
         templates: vec![],
     };
-    down(Down::Snapshot(SnapshotChunk { shard: lobby(), epoch: EPOCH, seq, snapshot, index, count, entries: vec![entry] }))
+    down(Down::Snapshot(SnapshotChunk {
+        shard: lobby(),
+        epoch: EPOCH,
+        seq,
+        snapshot,
+        index,
+        count,
+        entries: vec![entry],
+    }))
 }
 
 fn event(seq: u64) -> AuditEvent {
@@ -372,7 +380,11 @@ fn forged_misdirected_and_garbage_messages_are_rejected_and_change_nothing() {
     ciborium::into_writer(&batch(4, 5), &mut body).unwrap();
     let unsigned = seal_unchecked(Kind::Delta, &body, None).unwrap();
     let for_other = encode_signed(
-        &DownMessage { device: DeviceId::new("kiosk-2").unwrap(), sent_at: T0, body: Down::AuditAck { epoch: 0, up_to_seq: 99 } },
+        &DownMessage {
+            device: DeviceId::new("kiosk-2").unwrap(),
+            sent_at: T0,
+            body: Down::AuditAck { epoch: 0, up_to_seq: 99 },
+        },
         &key(),
     )
     .unwrap();
@@ -594,10 +606,7 @@ fn proof(nonce: u64, epoch: u64, version: u64, shards: &[(&str, u64)]) -> Incomi
     down(Down::Freshness(FreshnessProof {
         nonce,
         epoch,
-        assignment: Assignment {
-            version,
-            shards: shards.iter().map(|(s, _)| ShardId::new(*s).unwrap()).collect(),
-        },
+        assignment: Assignment { version, shards: shards.iter().map(|(s, _)| ShardId::new(*s).unwrap()).collect() },
         heads: shards.iter().map(|(s, seq)| ShardProgress { shard: ShardId::new(*s).unwrap(), seq: *seq }).collect(),
     }))
 }
@@ -771,7 +780,10 @@ fn a_key_rollover_signed_by_the_pinned_key_replaces_it() {
     let mut m = current(4);
     let next = SigningKey::from_seed(&[5; 32]).unwrap();
     let out = m.handle(T0, down(Down::KeyRollover { new_key: next.public_key().as_bytes().to_vec() }).input());
-    assert_eq!(out.iter().filter(|a| matches!(a, DeviceAction::TrustKeys(k) if k == &vec![next.public_key()])).count(), 1);
+    assert_eq!(
+        out.iter().filter(|a| matches!(a, DeviceAction::TrustKeys(k) if k == &vec![next.public_key()])).count(),
+        1
+    );
     // The old key is no longer trusted; the new one is.
     assert_eq!(rejections(&m.handle(T0, delta(4, 5).input())), ["unknown_key"]);
     let signed = encode_signed(&batch(4, 5), &next).unwrap();
@@ -795,11 +807,8 @@ fn a_key_rollover_signed_by_the_pinned_key_replaces_it() {
 fn every_uplink_is_signed_by_the_device_key() {
     let device_key = signer();
     let public = device_key.public_key();
-    let state = DeviceState {
-        shards: vec![ShardProgress { shard: lobby(), seq: 0 }],
-        epoch: EPOCH,
-        ..DeviceState::default()
-    };
+    let state =
+        DeviceState { shards: vec![ShardProgress { shard: lobby(), seq: 0 }], epoch: EPOCH, ..DeviceState::default() };
     let keys = TrustedKeys::new([key().public_key()]);
     let mut m = DeviceSync::new(device_id(), keys, device_key, quiet(), state, status_info(), T0);
     let out = m.handle(T0, DeviceInput::Connected);
@@ -824,4 +833,18 @@ fn audit_acknowledgements_of_another_outbox_epoch_are_ignored() {
     m.handle(T0, DeviceInput::AuditLoaded { events: vec![event(1), event(2)] });
     let out = m.handle(T0, down(Down::AuditAck { epoch: 77, up_to_seq: 2 }).input());
     assert_eq!(rejections(&out), ["wrong_epoch"]);
+}
+
+/// Found by the convergence simulation: a proof delayed in the network
+/// reached a shard that had moved past its head meanwhile, and was taken for
+/// a log gone back. Only a device that was past the head when it *asked* shows
+/// a log gone back.
+#[test]
+fn a_delayed_proof_still_verifies_a_shard_that_moved_on() {
+    let (mut m, nonce) = asking(4);
+    m.handle(T0 + 1, delta(4, 6).input());
+    m.handle(T0 + 2, DeviceInput::Applied { shard: lobby(), seq: 6 });
+    let out = m.handle(T0 + 3, proof(nonce, EPOCH, 0, &[("lobby", 5)]).input());
+    assert!(rejections(&out).is_empty(), "{out:?}");
+    assert_eq!(m.fresh_until(), Some(T0 + 30_000));
 }

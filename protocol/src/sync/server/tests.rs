@@ -240,7 +240,12 @@ fn an_audit_batch_is_stored_and_acknowledged_only_once_stored() {
     let out = receive(&mut s, T0, &batch);
     assert_eq!(
         out,
-        vec![ServerAction::StoreAudit { device: kiosk(), epoch: 2, events: vec![event(3), event(4), event(9)], up_to_seq: 9 }]
+        vec![ServerAction::StoreAudit {
+            device: kiosk(),
+            epoch: 2,
+            events: vec![event(3), event(4), event(9)],
+            up_to_seq: 9
+        }]
     );
     assert!(s.handle(T0, ServerInput::AuditStoreFailed { device: kiosk(), up_to_seq: 9 }).is_empty());
     let out = s.handle(T0, ServerInput::AuditStored { device: kiosk(), epoch: 2, up_to_seq: 9 });
@@ -296,12 +301,24 @@ fn uplinks_naming_another_device_or_malformed_are_rejected() {
             })
             .collect()
     };
-    assert_eq!(labels(s.handle(T0, ServerInput::Received { topic: &topic, payload: &payload, key: &device_public() })), ["wrong_device"]);
-    assert_eq!(labels(s.handle(T0, ServerInput::Received { topic: &topic, payload: b"\xff", key: &device_public() })), ["malformed"]);
+    assert_eq!(
+        labels(s.handle(T0, ServerInput::Received { topic: &topic, payload: &payload, key: &device_public() })),
+        ["wrong_device"]
+    );
+    assert_eq!(
+        labels(s.handle(T0, ServerInput::Received { topic: &topic, payload: b"\xff", key: &device_public() })),
+        ["malformed"]
+    );
     let down = topics::device_down(&kiosk());
-    assert_eq!(labels(s.handle(T0, ServerInput::Received { topic: &down, payload: &payload, key: &device_public() })), ["unexpected_topic"]);
+    assert_eq!(
+        labels(s.handle(T0, ServerInput::Received { topic: &down, payload: &payload, key: &device_public() })),
+        ["unexpected_topic"]
+    );
     let status_topic = topics::device_status(&kiosk());
-    assert_eq!(labels(s.handle(T0, ServerInput::Received { topic: &status_topic, payload: &payload, key: &device_public() })), ["wrong_kind"]);
+    assert_eq!(
+        labels(s.handle(T0, ServerInput::Received { topic: &status_topic, payload: &payload, key: &device_public() })),
+        ["wrong_kind"]
+    );
     assert_eq!(s.applied_seq(&kiosk(), &lobby()), None);
 }
 
