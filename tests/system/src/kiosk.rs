@@ -94,6 +94,15 @@ dir = "{sync}"
         Self { id: id.into(), dir, metrics_port, config, process: None, starts: 0 }
     }
 
+    /// Adds `key = value` lines to the daemon's `[sync]` section (the last
+    /// one of its configuration).
+    pub fn set_sync_options(&self, lines: &str) {
+        let mut config = std::fs::read_to_string(&self.config).unwrap();
+        config.push_str(lines);
+        config.push('\n');
+        std::fs::write(&self.config, config).unwrap();
+    }
+
     pub fn start(&mut self) {
         assert!(self.process.is_none(), "{} is already running", self.id);
         self.starts += 1;
@@ -143,6 +152,9 @@ dir = "{sync}"
 pub struct Relay {
     pub port: u16,
     up: Arc<AtomicBool>,
+    /// While set, what the broker sends is dropped (what the door sends
+    /// still goes through): a broker or network that withholds messages.
+    starving: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -151,8 +163,9 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
+        let starving = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (up2, open2) = (Arc::clone(&up), Arc::clone(&open));
+        let (up2, open2, starving2) = (Arc::clone(&up), Arc::clone(&open), Arc::clone(&starving));
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -162,19 +175,37 @@ impl Relay {
                 }
                 let mut open = open2.lock().unwrap();
                 open.extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                for (mut from, mut to, downstream) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap(), false),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap(), true),
                 ] {
+                    let starving = Arc::clone(&starving2);
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
+                        let mut buffer = [0u8; 16 * 1024];
+                        loop {
+                            let n = match std::io::Read::read(&mut from, &mut buffer) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if downstream && starving.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if std::io::Write::write_all(&mut to, &buffer[..n]).is_err() {
+                                break;
+                            }
+                        }
                         let _ = from.shutdown(Shutdown::Both);
                         let _ = to.shutdown(Shutdown::Both);
                     });
                 }
             }
         });
-        Self { port, up, open }
+        Self { port, up, starving, open }
+    }
+
+    /// From now on every byte from the broker to the door is dropped.
+    pub fn starve(&self) {
+        self.starving.store(true, Ordering::SeqCst);
     }
 
     pub fn cut(&self) {
@@ -185,6 +216,7 @@ impl Relay {
     }
 
     pub fn restore(&self) {
+        self.starving.store(false, Ordering::SeqCst);
         self.up.store(true, Ordering::SeqCst);
     }
 }

@@ -19,8 +19,10 @@ use facegate_sync_server::auth::{Role, TokenKeys};
 use facegate_sync_server::devdb::TestDatabase;
 use serde_json::{Value, json};
 
+mod intruder;
 mod kiosk;
 
+pub use intruder::{Intruder, device_signing_key};
 pub use kiosk::{Kiosk, Relay, device_tls, live_clip, walk_up_clip};
 
 /// The repository's root.
@@ -200,6 +202,7 @@ impl Api {
             ("DELETE", _) => agent.delete(&url).header("authorization", &auth).call(),
             ("POST", Some(body)) => agent.post(&url).header("authorization", &auth).send_json(body),
             ("POST", None) => agent.post(&url).header("authorization", &auth).send_empty(),
+            ("PUT", Some(body)) => agent.put(&url).header("authorization", &auth).send_json(body),
             other => panic!("unsupported {other:?}"),
         };
         let mut response = response?;
