@@ -241,7 +241,7 @@ fn site(broker: Broker) {
     assert_eq!(kiosks[0].identities(), Some(2), "the starved door received the removal");
     wait_for("door-1 to deny him as stale", Duration::from_secs(120), || {
         let log = kiosks[0].log();
-        log.lines().any(|l| l.contains("door decision") && l.contains("stale") && !l.contains("decision=grant")).then_some(())
+        log.lines().any(|l| l.contains("door decision") && l.contains("stale") && l.contains("deny")).then_some(())
     });
     let (_, erasure) = api.call("GET", &format!("/v1/identities/{cap}/erasure"), None);
     let door1_forgot = erasure["devices"]
