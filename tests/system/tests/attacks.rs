@@ -1,72 +1,45 @@
-//! Hostile traffic on the broker against a running kiosk and server. The
-//! embedded broker has no topic ACLs, so a provisioned device (its key
-//! stolen, say) can publish anywhere: the same position as a compromised
-//! broker. It publishes a forged delta (a foreign key), a tampered one (a
-//! broken signature), a replay of a genuine enrollment after the person was
+//! Hostile traffic on the broker against a running kiosk and server, from
+//! the position of a compromised broker: an MQTT client holding the sync
+//! server's own client certificate, which the broker lets publish anywhere.
+//! It publishes a forged delta (a foreign key), a tampered one (a broken
+//! signature), a replay of a genuine enrollment after the person was
 //! removed, a genuine-key delta after a gap, an oversized payload, a forged
 //! wipe command, and garbage on every topic. Nothing may be applied; each
 //! rejection must be logged and counted; the kiosk must go on syncing, and
 //! take the genuine commands (resync, rotate key, wipe) the admin API sends.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use facegate_protocol::{
     Command, DeltaBatch, DeltaOp, DeviceId, Down, DownMessage, IdentityId, IdentityRecord, ShardId, SigningKey,
-    TemplateRecord, encode_signed, topics,
+    TemplateRecord, TrustedKeys, decode_verified, encode_signed, topics,
 };
-use facegate_system_tests::{
-    Broker, Central, Kiosk, Work, database, device_tls, live_clip, people, sample, serial, wait_for,
-};
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::Packet;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use rumqttc::{TlsConfiguration, Transport};
+use facegate_system_tests::{Broker, Central, Intruder, Kiosk, Work, database, live_clip, people, sample, serial, wait_for};
 use serde_json::json;
 
-/// An MQTT client holding a provisioned device's certificate.
-struct Intruder {
-    runtime: tokio::runtime::Runtime,
-    client: AsyncClient,
-    received: mpsc::Receiver<(String, Vec<u8>)>,
-}
-
-impl Intruder {
-    fn connect(sync_dir: &std::path::Path, id: &str, port: u16) -> Self {
-        let mut options = MqttOptions::new(id, "localhost", port);
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(device_tls(sync_dir))));
-        options.set_max_packet_size(Some(4 * 1024 * 1024));
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let (client, mut events) = AsyncClient::new(options, 64);
-        let (tx, received) = mpsc::channel();
-        let (connected_tx, connected) = mpsc::channel();
-        runtime.spawn(async move {
-            loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = connected_tx.send(());
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                        let _ = tx.send((topic, p.payload.to_vec()));
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            }
-        });
-        connected.recv_timeout(Duration::from_secs(30)).expect("the intruder could not connect");
-        Self { runtime, client, received }
+/// The TLS identity of the sync server's own MQTT client: what a
+/// compromised broker (or a stolen server certificate) can do.
+fn server_tls(central: &Central) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = central.sync_dir();
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
+        roots.add(ca.unwrap()).unwrap();
     }
-
-    fn subscribe(&self, topic: &str) {
-        self.runtime.block_on(self.client.subscribe(topic, QoS::AtLeastOnce)).unwrap();
-    }
-
-    fn publish(&self, topic: &str, payload: Vec<u8>) {
-        self.runtime.block_on(self.client.publish(topic, QoS::AtLeastOnce, false, payload)).unwrap();
-    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(dir.join("server-client.pem")).unwrap().map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server-client.key")).unwrap();
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap(),
+    )
 }
 
 fn signing_key(central: &Central) -> SigningKey {
@@ -74,13 +47,14 @@ fn signing_key(central: &Central) -> SigningKey {
 }
 
 /// A delta adding a person of the attacker's choosing.
-fn upsert(shard: &ShardId, base_seq: u64, seq: u64) -> DeltaBatch {
+fn upsert(shard: &ShardId, epoch: u64, base_seq: u64, seq: u64) -> DeltaBatch {
     let mut vector = Vec::new();
     for i in 0..128 {
         vector.extend_from_slice(&(if i == 0 { 1.0f32 } else { 0.0 }).to_le_bytes());
     }
     DeltaBatch {
         shard: shard.clone(),
+        epoch,
         base_seq,
         seq,
         ops: vec![DeltaOp::Upsert {
@@ -90,6 +64,7 @@ fn upsert(shard: &ShardId, base_seq: u64, seq: u64) -> DeltaBatch {
                 valid_from: None,
                 valid_until: None,
                 version: 1,
+                offline_access: true,
             },
             templates: vec![TemplateRecord { model_id: "facegate-embed".into(), vector }],
         }],
@@ -105,16 +80,9 @@ fn forged_replayed_gapped_oversized_and_garbage_messages_change_nothing() {
     let api = central.api.clone();
     api.create_group("lobby");
     let token = api.add_device("door-1", &["lobby"]);
-    let stolen = api.add_device("intruder", &["lobby"]);
     central.start_broker();
     let clip = live_clip();
     let mut kiosk = Kiosk::provision(work.path(), &api.url, "door-1", &token, &clip, 2.0);
-    let intruder_dir = work.path().join("intruder");
-    let out = std::process::Command::new(facegate_system_tests::binary("facegate-daemon"))
-        .args(["provision", "--server", &api.url, "--token", &stolen, "--dir", intruder_dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "provisioning the intruder: {}", String::from_utf8_lossy(&out.stderr));
     kiosk.start();
     wait_for("door-1 to connect", Duration::from_secs(300), || {
         (kiosk.metric("facegate_sync_connected") == Some(1.0)).then_some(())
@@ -123,7 +91,7 @@ fn forged_replayed_gapped_oversized_and_garbage_messages_change_nothing() {
     // The intruder records the lobby's genuine deltas.
     let lobby = ShardId::new("lobby").unwrap();
     let door = DeviceId::new("door-1").unwrap();
-    let intruder = Intruder::connect(&intruder_dir, "intruder", central.mqtt_port);
+    let intruder = Intruder::connect(server_tls(&central), "facegate-intruder", central.mqtt_port);
     intruder.subscribe(&topics::shard_delta(&lobby));
     std::thread::sleep(Duration::from_millis(500));
     let (status, body) = api.enroll("Cap Person", "lobby", &[clip.join("002.jpg"), clip.join("009.jpg")]);
@@ -131,6 +99,8 @@ fn forged_replayed_gapped_oversized_and_garbage_messages_change_nothing() {
     let cap = body["id"].as_str().unwrap().to_owned();
     let (topic, enrollment) = intruder.received.recv_timeout(Duration::from_secs(30)).expect("no genuine delta seen");
     assert_eq!(topic, topics::shard_delta(&lobby));
+    let genuine = TrustedKeys::new([signing_key(&central).public_key()]);
+    let epoch = decode_verified::<DeltaBatch>(&enrollment, &genuine).unwrap().epoch;
     let (status, body) = api.call("DELETE", &format!("/v1/identities/{cap}"), None);
     assert!(status == 200 || status == 204, "{body}");
     wait_for("the removal at door-1", Duration::from_secs(30), || (kiosk.identities() == Some(0)).then_some(()));
@@ -144,14 +114,14 @@ fn forged_replayed_gapped_oversized_and_garbage_messages_change_nothing() {
     // The attacks.
     let delta_topic = topics::shard_delta(&lobby);
     let foreign = SigningKey::from_pkcs8(&SigningKey::generate_pkcs8().unwrap()).unwrap();
-    intruder.publish(&delta_topic, encode_signed(&upsert(&lobby, head, head + 1), &foreign).unwrap());
+    intruder.publish(&delta_topic, encode_signed(&upsert(&lobby, epoch, head, head + 1), &foreign).unwrap());
     let mut tampered = enrollment.clone();
     let at = tampered.windows(6).position(|w| w == b"\x63sig\x58\x40").expect("a signature in the envelope");
     tampered[at + 16] ^= 0x5a;
     intruder.publish(&delta_topic, tampered);
     intruder.publish(&delta_topic, enrollment.clone());
     intruder
-        .publish(&delta_topic, encode_signed(&upsert(&lobby, head + 50, head + 51), &signing_key(&central)).unwrap());
+        .publish(&delta_topic, encode_signed(&upsert(&lobby, epoch, head + 50, head + 51), &signing_key(&central)).unwrap());
     intruder.publish(&delta_topic, vec![0xa5; facegate_protocol::Kind::Delta.max_bytes() + 1000]);
     intruder.publish(&delta_topic, b"\xff\x00 not cbor".to_vec());
     let wipe =
