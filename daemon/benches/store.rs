@@ -42,12 +42,14 @@ fn record(i: usize, version: u64) -> IdentityRecord {
         valid_from: None,
         valid_until: None,
         version,
+        offline_access: false,
     }
 }
 
 fn audit_event() -> AuditEvent {
     AuditEvent {
         device: DeviceId::new("kiosk-bench").unwrap(),
+        epoch: 0,
         seq: 0,
         at: 1_700_000_000_000,
         decision: Decision::Grant,
@@ -104,7 +106,7 @@ fn store(c: &mut Criterion) {
                     }
                 })
                 .collect();
-            shard.apply_delta(&DeltaBatch { shard: site.clone(), base_seq, seq: base_seq + 1, ops }).unwrap()
+            shard.apply_delta(&DeltaBatch { shard: site.clone(), epoch: 1, base_seq, seq: base_seq + 1, ops }).unwrap()
         });
     });
     group.bench_function("append_audit", |b| b.iter(|| shard.append_audit(audit_event()).unwrap()));

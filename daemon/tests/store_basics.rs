@@ -374,3 +374,81 @@ fn a_full_disk_is_a_typed_write_error_and_not_a_silent_drop() {
     );
     eprintln!("{}", line.unwrap_or_default());
 }
+
+#[test]
+fn a_purge_forgets_the_shards_in_one_transaction_but_keeps_identities_of_other_shards() {
+    let fixture = Fixture::new();
+    let shard = fixture.open();
+    applied(
+        shard
+            .apply_delta(&delta(
+                "lobby",
+                0,
+                2,
+                vec![upsert("alice", 1, vec![template(1)]), upsert("bob", 1, vec![template(2)])],
+            ))
+            .unwrap(),
+    );
+    applied(shard.apply_delta(&delta("lab", 0, 5, vec![upsert("bob", 1, vec![template(2)])])).unwrap());
+    shard.upsert_local(record("carol", 1), vec![template(3)]).unwrap();
+
+    let report = shard.purge_shards(&[store_support::shard("lobby")]).unwrap();
+    assert_eq!((report.shards, report.removed, report.kept), (1, 1, 1));
+    // alice was only in lobby: gone from sled and from the matrix.
+    assert!(shard.entry(&id("alice")).unwrap().is_none());
+    assert!(!shard.read().identities.contains_key(&id("alice")));
+    // bob is also in lab: kept, with his templates, no longer in lobby.
+    let bob = shard.entry(&id("bob")).unwrap().unwrap();
+    assert_eq!(bob.shards.iter().map(|s| s.as_str()).collect::<Vec<_>>(), ["lab"]);
+    assert_eq!(bob.templates, vec![template(2)]);
+    assert_eq!(shard.read().gallery.len(), 2);
+    // lobby's seq is gone; lab and local are untouched.
+    let seqs: Vec<(String, u64)> = shard.shards().unwrap().into_iter().map(|p| (p.shard.to_string(), p.seq)).collect();
+    assert_eq!(seqs, [("lab".to_owned(), 5), ("local".to_owned(), 1)]);
+    drop(shard);
+
+    // Durable, and a shard assigned again starts from seq 0.
+    let shard = fixture.open();
+    assert!(shard.entry(&id("alice")).unwrap().is_none());
+    assert_eq!(shard.shard_seq(&store_support::shard("lobby")).unwrap(), 0);
+    assert!(matches!(
+        shard.apply_delta(&delta("lobby", 2, 3, vec![upsert("alice", 2, vec![template(1)])])).unwrap(),
+        DeltaOutcome::Resync { local_seq: 0 }
+    ));
+    applied(shard.apply_delta(&delta("lobby", 0, 3, vec![upsert("alice", 2, vec![template(1)])])).unwrap());
+    assert_eq!(shard.read().identities.len(), 3);
+}
+
+#[test]
+fn the_local_shard_is_never_purged() {
+    let fixture = Fixture::new();
+    let shard = fixture.open();
+    shard.upsert_local(record("carol", 1), vec![template(3)]).unwrap();
+    let err = shard.purge_shards(&[store_support::shard("lobby"), store_support::shard("local")]).unwrap_err();
+    assert!(matches!(err, StoreError::ReservedShard(_)), "{err}");
+    assert!(shard.entry(&id("carol")).unwrap().is_some());
+}
+
+#[test]
+fn the_outbox_epoch_survives_a_restart_and_changes_with_a_recreated_database() {
+    let fixture = Fixture::new();
+    let shard = fixture.open();
+    let epoch = shard.outbox_epoch();
+    assert_ne!(epoch, 0);
+    shard.append_audit(audit_event(1)).unwrap();
+    assert_eq!(shard.pending_audit(1).unwrap()[0].epoch, epoch);
+    drop(shard);
+
+    let shard = fixture.open();
+    assert_eq!(shard.outbox_epoch(), epoch);
+    assert_eq!(shard.pending_audit(1).unwrap()[0].epoch, epoch);
+    drop(shard);
+
+    // The database deleted and created again (same key): a new epoch, so the
+    // server cannot take its seq 1 for the seq 1 above.
+    std::fs::remove_dir_all(&fixture.config.dir).unwrap();
+    let shard = fixture.open();
+    assert_ne!(shard.outbox_epoch(), epoch);
+    assert_eq!(shard.append_audit(audit_event(2)).unwrap(), 1);
+    assert_eq!(shard.pending_audit(1).unwrap()[0].epoch, shard.outbox_epoch());
+}

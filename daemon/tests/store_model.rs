@@ -1,6 +1,6 @@
 //! Model-based test: random operations — deltas (some out of order, some
-//! replayed), snapshots, standalone edits, audit appends and acks, close and
-//! reopen — run against the sled store ([`LiveShard`]) and the in-memory
+//! replayed), snapshots, standalone edits, shard purges, audit appends and
+//! acks, close and reopen — run against the sled store ([`LiveShard`]) and the in-memory
 //! model ([`MemoryStore`], BTreeMaps); after every step both must return the
 //! same outcome and hold the same state, and the live matrix must hold
 //! exactly the stored templates.
@@ -39,6 +39,10 @@ enum Step {
     RemoveLocal {
         person: u8,
     },
+    /// Forgets the shards whose bit is set (1: lobby, 2: lab).
+    Purge {
+        shards: u8,
+    },
     Audit {
         tag: u64,
     },
@@ -76,6 +80,7 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(shard, seq_shift, entries)| Step::Snapshot { shard, seq_shift, entries }),
         2 => (0..8u8, 0..4u64, templates()).prop_map(|(person, version, templates)| Step::UpsertLocal { person, version, templates }),
         1 => (0..8u8).prop_map(|person| Step::RemoveLocal { person }),
+        1 => (1..4u8).prop_map(|shards| Step::Purge { shards }),
         2 => any::<u64>().prop_map(|tag| Step::Audit { tag }),
         1 => (0..3u8).prop_map(|behind| Step::Ack { behind }),
         1 => Just(Step::Reopen),
@@ -111,7 +116,8 @@ fn run(step: &Step, fixture: &Fixture, live: &mut Option<LiveShard>, model: &Mem
                     Change::Remove { person: p } => DeltaOp::Remove { identity: id(&person(*p)) },
                 })
                 .collect();
-            let batch = DeltaBatch { shard: shard(SHARDS[*s]), base_seq: base, seq: base + u64::from(*span), ops };
+            let batch =
+                DeltaBatch { shard: shard(SHARDS[*s]), epoch: 1, base_seq: base, seq: base + u64::from(*span), ops };
             assert_eq!(sled.apply_delta(&batch).unwrap(), model.apply_delta(&batch).unwrap());
         }
         Step::Snapshot { shard: s, seq_shift, entries } => {
@@ -136,6 +142,11 @@ fn run(step: &Step, fixture: &Fixture, live: &mut Option<LiveShard>, model: &Mem
         Step::RemoveLocal { person: p } => {
             let who = id(&person(*p));
             assert_eq!(sled.remove_local(&who).unwrap(), model.remove_local(&who).unwrap());
+        }
+        Step::Purge { shards: bits } => {
+            let purged: Vec<_> =
+                SHARDS.iter().enumerate().filter(|(i, _)| bits & (1 << i) != 0).map(|(_, s)| shard(s)).collect();
+            assert_eq!(sled.purge_shards(&purged).unwrap(), model.purge_shards(&purged).unwrap());
         }
         Step::Audit { tag } => {
             assert_eq!(sled.append_audit(audit_event(*tag)).unwrap(), model.append_audit(audit_event(*tag)).unwrap());
@@ -177,8 +188,8 @@ proptest! {
     #[test]
     fn the_sled_store_behaves_like_the_btreemap_model(steps in prop::collection::vec(step(), 1..40)) {
         let fixture = Fixture::new();
-        let model = MemoryStore::new(model());
         let mut live = Some(fixture.open());
+        let model = MemoryStore::new(model()).with_outbox_epoch(live.as_ref().unwrap().outbox_epoch());
         for step in &steps {
             run(step, &fixture, &mut live, &model);
             check_equal(live.as_ref().unwrap(), &model);

@@ -49,6 +49,7 @@ fn a_100k_template_shard_opens_in_a_fresh_process_and_reports_time_and_memory() 
                     valid_from: None,
                     valid_until: None,
                     version: 1,
+                    offline_access: false,
                 },
                 templates: vec![unit_template(&mut seed)],
             })

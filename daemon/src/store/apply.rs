@@ -9,7 +9,9 @@ use facegate_protocol::{DeltaBatch, DeltaOp, IdentityId, IdentityRecord, ShardId
 use sled::transaction::{ConflictableTransactionError, Transactional, TransactionalTree};
 
 use super::codec::{self, StoredIdentity};
-use super::{ApplyReport, DeltaOutcome, DeviceKey, GalleryEntry, SnapshotOutcome, Store, StoreError, local_shard};
+use super::{
+    ApplyReport, DeltaOutcome, DeviceKey, GalleryEntry, PurgeReport, SnapshotOutcome, Store, StoreError, local_shard,
+};
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
@@ -106,6 +108,35 @@ impl Tx<'_> {
             changes.insert(id.clone(), Some(GalleryEntry { record: stored.record, shards: stored.shards, templates }));
         }
         Ok(true)
+    }
+
+    /// Takes every shard of `purged` out of the identity's shards,
+    /// forgetting it (record and templates) when none is left. `None` when
+    /// it was in none of them; `Some(true)` when it is forgotten.
+    fn drop_shards(
+        &self,
+        id: &IdentityId,
+        purged: &BTreeSet<&ShardId>,
+        changes: &mut Changes,
+    ) -> TxResult<Option<bool>> {
+        let Some(mut stored) = self.stored(id)? else {
+            return Ok(None);
+        };
+        let before = stored.shards.len();
+        stored.shards.retain(|s| !purged.contains(s));
+        if stored.shards.len() == before {
+            return Ok(None);
+        }
+        if stored.shards.is_empty() {
+            self.identities.remove(id.as_str())?;
+            self.templates.remove(id.as_str())?;
+            changes.insert(id.clone(), None);
+            return Ok(Some(true));
+        }
+        self.write(&stored)?;
+        let templates = self.templates_of(id)?;
+        changes.insert(id.clone(), Some(GalleryEntry { record: stored.record, shards: stored.shards, templates }));
+        Ok(Some(false))
     }
 
     fn set_seq(&self, shard: &ShardId, seq: u64) -> TxResult<()> {
@@ -243,6 +274,49 @@ impl Store {
             return Ok((ApplyReport { seq, ..ApplyReport::default() }, Changes::new()));
         }
         self.commit(&shard, seq + 1, &[Prepared::Remove(identity.clone())])
+    }
+
+    /// Forgets `shards` in one transaction, then flushes: each is taken out of
+    /// every identity, identities left in no shard are deleted with their
+    /// templates, and the shards' seqs are deleted (a shard assigned again
+    /// later starts from 0). The [`LOCAL_SHARD`](super::LOCAL_SHARD) is refused.
+    pub(crate) fn purge_shards_changes(&self, shards: &[ShardId]) -> Result<(PurgeReport, Changes), StoreError> {
+        let local = local_shard();
+        if shards.contains(&local) {
+            return Err(StoreError::ReservedShard(local));
+        }
+        let purged: BTreeSet<&ShardId> = shards.iter().collect();
+        let _writer = self.writer_lock();
+        // The writer lock keeps membership as scanned until the transaction.
+        let mut members = Vec::new();
+        for item in self.identities.iter() {
+            let (key, bytes) = item.map_err(StoreError::read)?;
+            let stored: StoredIdentity = codec::from_cbor(&bytes, "an identity record")?;
+            if stored.shards.iter().any(|s| purged.contains(s)) {
+                members.push(codec::identity_of_key(&key)?);
+            }
+        }
+        let key = self.key();
+        let outcome = (&self.identities, &self.templates, &self.meta)
+            .transaction(|(identities, templates, meta)| {
+                let tx = Tx { identities, templates, meta, key: &key };
+                let mut changes = Changes::new();
+                let mut report = PurgeReport { shards: purged.len(), ..PurgeReport::default() };
+                for id in &members {
+                    match tx.drop_shards(id, &purged, &mut changes)? {
+                        Some(true) => report.removed += 1,
+                        Some(false) => report.kept += 1,
+                        None => {}
+                    }
+                }
+                for shard in &purged {
+                    meta.remove(codec::seq_key(shard))?;
+                }
+                Ok((report, changes))
+            })
+            .map_err(StoreError::transaction)?;
+        self.flush()?;
+        Ok(outcome)
     }
 
     /// Re-encrypts every template and the key check value under `new` in one

@@ -330,7 +330,7 @@ fn add(
                 ..entry.record
             }
         }
-        None => IdentityRecord { id: id.clone(), name, valid_from, valid_until, version: 1 },
+        None => IdentityRecord { id: id.clone(), name, valid_from, valid_until, version: 1, offline_access: false },
     };
     if records.len() > MAX_TEMPLATES_PER_IDENTITY {
         return Err(GalleryCliError::TooManyTemplates { id, max: MAX_TEMPLATES_PER_IDENTITY });

@@ -20,6 +20,9 @@ pub(crate) const META_MODEL: &[u8] = b"model";
 pub(crate) const META_KEY_CHECK: &[u8] = b"key_check";
 pub(crate) const META_AUDIT_SEQ: &[u8] = b"audit_seq";
 pub(crate) const META_SEQ_PREFIX: &[u8] = b"seq/";
+/// A random u64 chosen when the database is created: the epoch of its audit
+/// outbox ([`facegate_protocol::AuditEvent::epoch`]).
+pub(crate) const META_OUTBOX_EPOCH: &[u8] = b"outbox-epoch";
 
 const KEY_CHECK_AAD: &[u8] = b"facegate key check";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"facegate gallery key check v1";

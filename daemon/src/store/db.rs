@@ -66,6 +66,8 @@ pub struct Store {
     pub(crate) writer: Mutex<()>,
     /// The last audit seq handed out.
     pub(crate) audit_seq: Mutex<u64>,
+    /// The outbox's epoch (`meta` `outbox-epoch`), stamped on every event.
+    pub(crate) outbox_epoch: u64,
 }
 
 impl Store {
@@ -81,7 +83,7 @@ impl Store {
         }
         let db = open_sled(&dir, config.cache_bytes)?;
         let tree = |name: &str| db.open_tree(name).map_err(|source| open_error(&dir, source));
-        let store = Self {
+        let mut store = Self {
             identities: tree(codec::IDENTITIES)?,
             templates: tree(codec::TEMPLATES)?,
             meta: tree(codec::META)?,
@@ -92,8 +94,10 @@ impl Store {
             key: RwLock::new(Arc::new(key)),
             writer: Mutex::new(()),
             audit_seq: Mutex::new(0),
+            outbox_epoch: 0,
         };
         store.check_or_initialise()?;
+        store.outbox_epoch = store.read_or_create_outbox_epoch()?;
         let last_audit = store.read_last_audit_seq()?;
         *store.audit_lock() = last_audit;
         Ok(store)

@@ -13,8 +13,8 @@ use facegate_protocol::{
 use super::apply::Changes;
 use super::codec;
 use super::{
-    ApplyReport, DeltaOutcome, DeviceKey, GalleryEntry, GalleryStore, SnapshotOutcome, Store, StoreConfig, StoreError,
-    StoreStats,
+    ApplyReport, DeltaOutcome, DeviceKey, GalleryEntry, GalleryStore, PurgeReport, SnapshotOutcome, Store, StoreConfig,
+    StoreError, StoreStats,
 };
 
 /// What the matching thread reads: the template matrix and the records.
@@ -173,6 +173,9 @@ impl GalleryStore for LiveShard {
     fn remove_local(&self, identity: &IdentityId) -> Result<ApplyReport, StoreError> {
         self.change(|store| store.remove_local_changes(identity))
     }
+    fn purge_shards(&self, shards: &[ShardId]) -> Result<PurgeReport, StoreError> {
+        self.change(|store| store.purge_shards_changes(shards))
+    }
     fn entry(&self, identity: &IdentityId) -> Result<Option<GalleryEntry>, StoreError> {
         self.store.entry(identity)
     }
@@ -190,6 +193,9 @@ impl GalleryStore for LiveShard {
     }
     fn outbox_depth(&self) -> Result<u64, StoreError> {
         self.store.outbox_depth()
+    }
+    fn outbox_epoch(&self) -> u64 {
+        self.store.outbox_epoch()
     }
 }
 
@@ -217,6 +223,9 @@ impl GalleryStore for Store {
     fn remove_local(&self, identity: &IdentityId) -> Result<ApplyReport, StoreError> {
         self.remove_local_changes(identity).map(|(report, _)| report)
     }
+    fn purge_shards(&self, shards: &[ShardId]) -> Result<PurgeReport, StoreError> {
+        self.purge_shards_changes(shards).map(|(report, _)| report)
+    }
     fn entry(&self, identity: &IdentityId) -> Result<Option<GalleryEntry>, StoreError> {
         Store::entry(self, identity)
     }
@@ -234,5 +243,8 @@ impl GalleryStore for Store {
     }
     fn outbox_depth(&self) -> Result<u64, StoreError> {
         Store::outbox_depth(self)
+    }
+    fn outbox_epoch(&self) -> u64 {
+        Store::outbox_epoch(self)
     }
 }

@@ -10,7 +10,8 @@ use facegate_protocol::{
 
 use super::codec;
 use super::{
-    ApplyReport, DeltaOutcome, GalleryEntry, GalleryModel, GalleryStore, SnapshotOutcome, StoreError, local_shard,
+    ApplyReport, DeltaOutcome, GalleryEntry, GalleryModel, GalleryStore, PurgeReport, SnapshotOutcome, StoreError,
+    local_shard,
 };
 
 /// Everything in memory, behind one lock; same contract as the sled store.
@@ -18,6 +19,7 @@ use super::{
 pub struct MemoryStore {
     model: GalleryModel,
     state: Mutex<State>,
+    outbox_epoch: u64,
 }
 
 #[derive(Debug, Default)]
@@ -58,7 +60,13 @@ impl State {
 
 impl MemoryStore {
     pub fn new(model: GalleryModel) -> Self {
-        Self { model, state: Mutex::new(State::default()) }
+        Self { model, state: Mutex::new(State::default()), outbox_epoch: 1 }
+    }
+
+    /// The same store with outbox epoch `epoch` (1 unless set).
+    pub fn with_outbox_epoch(mut self, epoch: u64) -> Self {
+        self.outbox_epoch = epoch;
+        self
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -182,6 +190,32 @@ impl GalleryStore for MemoryStore {
         Ok(ApplyReport { seq: seq + 1, removed: 1, ..ApplyReport::default() })
     }
 
+    fn purge_shards(&self, shards: &[ShardId]) -> Result<PurgeReport, StoreError> {
+        let local = local_shard();
+        if shards.contains(&local) {
+            return Err(StoreError::ReservedShard(local));
+        }
+        let purged: BTreeSet<&ShardId> = shards.iter().collect();
+        let mut state = self.state();
+        let mut report = PurgeReport { shards: purged.len(), ..PurgeReport::default() };
+        state.identities.retain(|_, entry| {
+            let before = entry.shards.len();
+            entry.shards.retain(|s| !purged.contains(s));
+            if entry.shards.len() == before {
+                return true;
+            }
+            if entry.shards.is_empty() {
+                report.removed += 1;
+                false
+            } else {
+                report.kept += 1;
+                true
+            }
+        });
+        state.seqs.retain(|shard, _| !purged.contains(shard));
+        Ok(report)
+    }
+
     fn entry(&self, identity: &IdentityId) -> Result<Option<GalleryEntry>, StoreError> {
         Ok(self.state().identities.get(identity).cloned())
     }
@@ -194,6 +228,7 @@ impl GalleryStore for MemoryStore {
         let mut state = self.state();
         state.audit_seq += 1;
         event.seq = state.audit_seq;
+        event.epoch = self.outbox_epoch;
         state.outbox.insert(event.seq, event);
         Ok(state.audit_seq)
     }
@@ -211,5 +246,9 @@ impl GalleryStore for MemoryStore {
 
     fn outbox_depth(&self) -> Result<u64, StoreError> {
         Ok(self.state().outbox.len() as u64)
+    }
+
+    fn outbox_epoch(&self) -> u64 {
+        self.outbox_epoch
     }
 }

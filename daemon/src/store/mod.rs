@@ -7,7 +7,7 @@
 //! | --- | --- | --- |
 //! | `identities` | identity id | CBOR: the [`IdentityRecord`] and the shards that include it |
 //! | `templates` | identity id | format byte, 96-bit nonce, AES-256-GCM of the CBOR template list (AAD: the id) |
-//! | `meta` | name | schema version, model id, key check value, audit seq, `seq/{shard}` |
+//! | `meta` | name | schema version, model id, key check value, audit seq, outbox epoch, `seq/{shard}` |
 //! | `outbox` | u64 big-endian seq | CBOR [`AuditEvent`] |
 //!
 //! Every change of the gallery (a delta, a snapshot, a standalone edit) is one
@@ -82,6 +82,17 @@ pub struct ApplyReport {
     pub skipped_templates: usize,
 }
 
+/// What [`GalleryStore::purge_shards`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Shards forgotten.
+    pub shards: usize,
+    /// Identities deleted (in no other shard).
+    pub removed: usize,
+    /// Identities kept because another shard still includes them.
+    pub kept: usize,
+}
+
 /// Result of [`GalleryStore::apply_delta`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeltaOutcome {
@@ -130,12 +141,20 @@ pub trait GalleryStore {
     /// Takes an identity out of the [`LOCAL_SHARD`] (it stays while another
     /// shard includes it) and bumps its seq; `removed` is 0 if it was not there.
     fn remove_local(&self, identity: &IdentityId) -> Result<ApplyReport, StoreError>;
+    /// Forgets `shards` in one transaction: each is taken out of every
+    /// identity, identities then in no shard are deleted with their
+    /// templates, and the shards' seqs are deleted (a shard assigned again
+    /// later starts from 0). The [`LOCAL_SHARD`] is refused. Used when the
+    /// centre drops shards from the device's assignment, or starts a new
+    /// log epoch.
+    fn purge_shards(&self, shards: &[ShardId]) -> Result<PurgeReport, StoreError>;
     /// The identity as stored, if any.
     fn entry(&self, identity: &IdentityId) -> Result<Option<GalleryEntry>, StoreError>;
     /// Every identity, by id.
     fn entries(&self) -> Result<Vec<GalleryEntry>, StoreError>;
     /// Stores `event` durably under the next per-device seq (its `seq` field
-    /// is ignored and replaced) and returns that seq. Only after this returns
+    /// is ignored and replaced, its `epoch` set to [`GalleryStore::outbox_epoch`])
+    /// and returns that seq. Only after this returns
     /// may the decision be actuated; an error must raise an alarm.
     fn append_audit(&self, event: AuditEvent) -> Result<u64, StoreError>;
     /// Up to `limit` unacknowledged events, oldest first.
@@ -144,4 +163,7 @@ pub trait GalleryStore {
     fn ack_audit(&self, up_to_seq: u64) -> Result<usize, StoreError>;
     /// Unacknowledged events.
     fn outbox_depth(&self) -> Result<u64, StoreError>;
+    /// The outbox's epoch: a random number chosen when the database was
+    /// created, kept across restarts, different for a re-created database.
+    fn outbox_epoch(&self) -> u64;
 }

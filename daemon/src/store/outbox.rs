@@ -7,6 +7,32 @@ use super::codec;
 use super::{Store, StoreError};
 
 impl Store {
+    /// The outbox's epoch: read from `meta`, or chosen at random (never 0,
+    /// which means "before epochs") and stored when the database has none.
+    /// A re-created database gets a new one, so the server never takes its
+    /// events for those of the database before it.
+    pub(crate) fn read_or_create_outbox_epoch(&self) -> Result<u64, StoreError> {
+        if let Some(bytes) = self.meta.get(codec::META_OUTBOX_EPOCH).map_err(StoreError::read)? {
+            return codec::read_u64(&bytes, "the outbox epoch");
+        }
+        let rng = ring::rand::SystemRandom::new();
+        let epoch = loop {
+            let bytes: [u8; 8] = ring::rand::generate(&rng).map_err(|_| StoreError::Random)?.expose();
+            let epoch = u64::from_be_bytes(bytes);
+            if epoch != 0 {
+                break epoch;
+            }
+        };
+        self.meta.insert(codec::META_OUTBOX_EPOCH, codec::u64_bytes(epoch)).map_err(StoreError::write)?;
+        self.flush()?;
+        Ok(epoch)
+    }
+
+    /// The epoch stamped on every audit event of this database.
+    pub fn outbox_epoch(&self) -> u64 {
+        self.outbox_epoch
+    }
+
     pub(crate) fn read_last_audit_seq(&self) -> Result<u64, StoreError> {
         let counter = match self.meta.get(codec::META_AUDIT_SEQ).map_err(StoreError::read)? {
             Some(bytes) => codec::read_u64(&bytes, "the audit sequence number")?,
@@ -29,6 +55,7 @@ impl Store {
         // Even if the write fails half-way, this seq may have reached the disk.
         *last = seq;
         event.seq = seq;
+        event.epoch = self.outbox_epoch;
         let bytes = codec::to_cbor(&event);
         (&self.meta, &self.outbox)
             .transaction(|(meta, outbox)| {
@@ -46,9 +73,13 @@ impl Store {
         let mut events = Vec::new();
         for item in self.outbox.iter().take(limit) {
             let (key, bytes) = item.map_err(StoreError::read)?;
-            let event: AuditEvent = codec::from_cbor(&bytes, "an audit event")?;
+            let mut event: AuditEvent = codec::from_cbor(&bytes, "an audit event")?;
             if event.seq != codec::read_u64(&key, "an outbox key")? {
                 return Err(StoreError::corrupt(format!("audit event {} is stored under another seq", event.seq)));
+            }
+            if event.epoch == 0 {
+                // Written before the database had an epoch: it is this database's.
+                event.epoch = self.outbox_epoch;
             }
             events.push(event);
         }

@@ -86,7 +86,14 @@ pub fn shard(name: &str) -> ShardId {
 }
 
 pub fn record(name: &str, version: u64) -> IdentityRecord {
-    IdentityRecord { id: id(name), name: format!("Person {name}"), valid_from: None, valid_until: None, version }
+    IdentityRecord {
+        id: id(name),
+        name: format!("Person {name}"),
+        valid_from: None,
+        valid_until: None,
+        version,
+        offline_access: false,
+    }
 }
 
 pub fn upsert(name: &str, version: u64, templates: Vec<TemplateRecord>) -> DeltaOp {
@@ -98,13 +105,14 @@ pub fn remove(name: &str) -> DeltaOp {
 }
 
 pub fn delta(shard_name: &str, base_seq: u64, seq: u64, ops: Vec<DeltaOp>) -> DeltaBatch {
-    DeltaBatch { shard: shard(shard_name), base_seq, seq, ops }
+    DeltaBatch { shard: shard(shard_name), epoch: 1, base_seq, seq, ops }
 }
 
 /// An audit event whose `reason` carries `tag`; its seq is assigned by the store.
 pub fn audit_event(tag: u64) -> AuditEvent {
     AuditEvent {
         device: DeviceId::new("kiosk-test").unwrap(),
+        epoch: 0,
         seq: 0,
         at: 1_700_000_000_000 + tag as i64,
         decision: Decision::Grant,
