@@ -11,7 +11,9 @@
 //! | `device.key` | the client key (PKCS#8 PEM, P-256) |
 //! | `device.crt` | the client certificate (CN = device id) |
 //! | `ca.pem` | the CA of the broker and of device certificates |
-//! | `provisioned.json` | device id, broker, signing keys, shards |
+//! | `provisioned.json` | device id, broker, signing keys, shards and their assignment version |
+//!
+//! The client key also signs every uplink ([`super::state::load_signing_key`]).
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -75,6 +77,10 @@ pub struct Provisioned {
     pub mqtt: Broker,
     pub signing_keys: Vec<SigningKeyInfo>,
     pub shards: Vec<String>,
+    /// The version of the assignment `shards` is (0 from a server that
+    /// does not say): a pushed or proven assignment must be newer.
+    #[serde(default)]
+    pub assignment_version: u64,
 }
 
 impl Provisioned {
@@ -132,7 +138,7 @@ impl Provisioned {
     }
 }
 
-fn hex_decode(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn hex_decode(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }
@@ -229,6 +235,7 @@ mod tests {
             mqtt: Broker { host: "localhost".into(), port: 8883, tls: true },
             signing_keys: vec![SigningKeyInfo { key_id: "k".into(), public_key_hex: "11".repeat(32) }],
             shards: vec!["lobby".into()],
+            assignment_version: 4,
         }
     }
 
@@ -247,6 +254,14 @@ mod tests {
         let mut bad = answer();
         bad.signing_keys.clear();
         assert!(bad.check().unwrap_err().to_string().contains("signing key"));
+    }
+
+    #[test]
+    fn an_answer_without_an_assignment_version_is_version_0() {
+        let mut json = serde_json::to_value(answer()).unwrap();
+        json.as_object_mut().unwrap().remove("assignment_version");
+        let provisioned: Provisioned = serde_json::from_value(json).unwrap();
+        assert_eq!(provisioned.assignment_version, 0);
     }
 
     #[test]

@@ -1,8 +1,17 @@
 //! The MQTT shell around the protocol's [`DeviceSync`] machine: one tokio
 //! task drives the machine, carries out its actions against the sled store
-//! (on blocking threads) and hands publications to rumqttc; a second task
-//! polls rumqttc's event loop (which reconnects by itself) and forwards what
-//! arrives. The machine decides; this file only does I/O.
+//! (on blocking threads), the sync directory ([`super::state`]) and rumqttc;
+//! a second task polls rumqttc's event loop (which reconnects by itself) and
+//! forwards what arrives. The machine decides; this file only does I/O.
+//!
+//! At start the shell hands the machine what is durable: the epoch and
+//! assignment of `sync-state` (else the shards of `provisioned.json`), the
+//! store's seqs and outbox epoch, the trusted central keys, and the device
+//! key that signs every uplink (the last will included). Store shards
+//! outside the assignment are purged first (never the local shard). After
+//! every input it publishes the machine's `fresh_until` to the
+//! [`FreshnessGate`] the kiosk decides with, and reports the health word
+//! `stale` while the door is stale.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -12,7 +21,7 @@ use std::time::Duration;
 
 use facegate_protocol::sync::Publish;
 use facegate_protocol::sync::device::{DeviceAction, DeviceConfig, DeviceInput, DeviceState, DeviceSync, StatusInfo};
-use facegate_protocol::{Command, DeltaBatch, ShardId, ShardProgress, SnapshotEntry};
+use facegate_protocol::{Command, DeltaBatch, ShardId, ShardProgress, SnapshotEntry, topics};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
@@ -21,15 +30,11 @@ use tokio::sync::{Notify, mpsc};
 
 use super::SyncError;
 use super::provision::{CA, DEVICE_CERT, DEVICE_KEY, Provisioned};
+use super::state::{self, WIPED};
+use crate::freshness::FreshnessGate;
 use crate::kiosk::unix_millis;
 use crate::metrics::Metrics;
-use crate::store::{DeltaOutcome, DeviceKey, GalleryStore, LiveShard, SnapshotOutcome, StoreError};
-
-/// File in the sync directory holding the id of the last command executed.
-const LAST_COMMAND: &str = "last-command";
-/// Written when the server wiped this device: it never syncs again until
-/// provisioned anew.
-const WIPED: &str = "wiped";
+use crate::store::{DeltaOutcome, DeviceKey, GalleryStore, LOCAL_SHARD, LiveShard, SnapshotOutcome, StoreError};
 
 /// Everything the shell needs.
 pub struct SyncContext {
@@ -45,6 +50,8 @@ pub struct SyncContext {
     /// Set while the MQTT session is up (readiness reports it).
     pub connected: Arc<AtomicBool>,
     pub config: DeviceConfig,
+    /// Where the machine's `fresh_until` goes after every input.
+    pub freshness: FreshnessGate,
 }
 
 impl std::fmt::Debug for SyncContext {
@@ -88,26 +95,6 @@ fn rustls_pki_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<
         return Err(SyncError::Tls("no certificate in PEM".into()));
     }
     Ok(certs)
-}
-
-fn read_last_command(dir: &Path) -> Result<u64, SyncError> {
-    let path = dir.join(LAST_COMMAND);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => text.trim().parse().map_err(|_| SyncError::Corrupt(format!("{}: not a number", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(source) => Err(SyncError::Io { path, source }),
-    }
-}
-
-fn write_last_command(dir: &Path, id: u64) -> Result<(), SyncError> {
-    use std::io::Write;
-    let path = dir.join(LAST_COMMAND);
-    let temporary = dir.join(format!("{LAST_COMMAND}.tmp"));
-    let io = |source| SyncError::Io { path: path.clone(), source };
-    let mut file = std::fs::File::create(&temporary).map_err(io)?;
-    writeln!(file, "{id}").map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&temporary, &path).map_err(io)
 }
 
 fn qos1() -> QoS {
@@ -163,9 +150,14 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
         log::warn!(dir:% = ctx.dir.display(); "this device was wiped by the server: sync stays off until it is provisioned again");
         return Ok(());
     }
-    let (device, shards, keys) = provisioned.check()?;
-    let store = Arc::clone(&ctx.shard);
-    let progress = blocking(move || store.shards()).await?;
+    let (device, provisioned_shards, provisioned_keys) = provisioned.check()?;
+    let signer = state::load_signing_key(&ctx.dir)?;
+    let keys = state::read_trusted_keys(&ctx.dir)?.unwrap_or(provisioned_keys);
+    let (epoch, assignment_version, shards) = match state::read_sync_state(&ctx.dir)? {
+        Some(saved) => (saved.epoch, saved.assignment.version, saved.assignment.shards),
+        None => (0, provisioned.assignment_version, provisioned_shards),
+    };
+    let (progress, unassigned) = reconcile(&ctx, &shards).await?;
     let state = DeviceState {
         shards: shards
             .iter()
@@ -174,18 +166,25 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
                 seq: progress.iter().find(|p| &p.shard == shard).map_or(0, |p| p.seq),
             })
             .collect(),
-        last_command_id: read_last_command(&ctx.dir)?,
+        assignment_version,
+        epoch,
+        last_command_id: state::read_last_command(&ctx.dir)?,
         outbox_depth: {
             let store = Arc::clone(&ctx.shard);
             blocking(move || store.outbox_depth()).await?
         },
+        outbox_epoch: ctx.shard.outbox_epoch(),
+        nonce_seed: state::nonce_seed()?,
     };
-    let status = StatusInfo {
-        model_id: Some(ctx.model_id.clone()),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        health: "ok".into(),
-    };
-    let mut machine = DeviceSync::new(device.clone(), keys, ctx.config.clone(), state, status, unix_millis());
+    // Stale from the start until the first valid proof (unless staleness is off).
+    let status = status_info(&ctx, ctx.config.max_staleness_ms > 0);
+    let mut machine = DeviceSync::new(device.clone(), keys, signer, ctx.config.clone(), state, status, unix_millis());
+    ctx.freshness.set(machine.fresh_until());
+    let mut reported_stale = ctx.config.max_staleness_ms > 0;
+    log::info!(
+        epoch = epoch, assignment = assignment_version, shards:? = machine.shards(), max_staleness_ms = ctx.config.max_staleness_ms;
+        "sync state loaded"
+    );
 
     let mut options = MqttOptions::new(device.as_str(), provisioned.mqtt.host.clone(), provisioned.mqtt.port);
     options.set_keep_alive(Duration::from_secs(30));
@@ -207,6 +206,8 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
     tokio::spawn(pump(events, forward, Arc::clone(&ctx.shutdown)));
     log::info!(device = device.as_str(), broker = format!("{}:{}", provisioned.mqtt.host, provisioned.mqtt.port).as_str(); "sync starting");
 
+    // Topics of shards purged at start: a persistent session may still hold them.
+    let mut leftover_topics: Vec<String> = unassigned.iter().map(topics::shard_delta).collect();
     let mut pending: VecDeque<DeviceAction> = VecDeque::new();
     let mut last_depth = u64::MAX;
     let mut poll_shutdown = tokio::time::interval(Duration::from_millis(250));
@@ -230,11 +231,8 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
                     if let Some(m) = &ctx.metrics {
                         m.sync_connected.set(1);
                     }
-                    for topic in machine.subscriptions() {
-                        if let Err(error) = client.subscribe(topic.clone(), qos1()).await {
-                            log::error!(topic = topic.as_str(), error:% = error; "cannot subscribe");
-                        }
-                    }
+                    subscribe(&client, machine.subscriptions()).await;
+                    unsubscribe(&client, std::mem::take(&mut leftover_topics)).await;
                     log::info!("sync connected");
                     machine.handle(now, DeviceInput::Connected)
                 }
@@ -265,10 +263,19 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
             _ = poll_shutdown.tick() => Vec::new(),
         };
         pending.extend(actions);
-        while let Some(action) = pending.pop_front() {
-            if let Some(input) = execute(&ctx, &client, action).await? {
-                pending.extend(machine.handle(unix_millis(), input.as_input()));
+        loop {
+            while let Some(action) = pending.pop_front() {
+                if let Some(input) = execute(&ctx, &client, action).await? {
+                    pending.extend(machine.handle(unix_millis(), input.as_input()));
+                }
             }
+            ctx.freshness.set(machine.fresh_until());
+            let stale = machine.is_stale(unix_millis());
+            if stale == reported_stale {
+                break;
+            }
+            reported_stale = stale;
+            pending.extend(machine.handle(unix_millis(), DeviceInput::StatusChanged(status_info(&ctx, stale))));
         }
         if machine.is_wiped() {
             log::warn!("wiped by command: sync stops; decommission this device");
@@ -280,6 +287,54 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
     Ok(())
 }
 
+/// What the machine says about the device in its status.
+fn status_info(ctx: &SyncContext, stale: bool) -> StatusInfo {
+    StatusInfo {
+        model_id: Some(ctx.model_id.clone()),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        health: if stale { "stale" } else { "ok" }.into(),
+    }
+}
+
+/// Purges the store's shards outside `assigned` (never the local shard);
+/// returns every shard's seq afterwards and the shards purged.
+async fn reconcile(ctx: &SyncContext, assigned: &[ShardId]) -> Result<(Vec<ShardProgress>, Vec<ShardId>), SyncError> {
+    let store = Arc::clone(&ctx.shard);
+    let assigned = assigned.to_vec();
+    let (progress, unassigned, report) = blocking(move || {
+        let unassigned: Vec<ShardId> = store
+            .shards()?
+            .into_iter()
+            .map(|p| p.shard)
+            .filter(|s| s.as_str() != LOCAL_SHARD && !assigned.contains(s))
+            .collect();
+        let report = if unassigned.is_empty() { None } else { Some(store.purge_shards(&unassigned)?) };
+        Ok((store.shards()?, unassigned, report))
+    })
+    .await?;
+    if let Some(report) = report {
+        log::info!(shards:? = unassigned, removed = report.removed, kept = report.kept; "purged shards no longer assigned");
+        update_gallery_metrics(ctx);
+    }
+    Ok((progress, unassigned))
+}
+
+async fn subscribe(client: &AsyncClient, topics: Vec<String>) {
+    for topic in topics {
+        if let Err(error) = client.subscribe(topic.clone(), qos1()).await {
+            log::error!(topic = topic.as_str(), error:% = error; "cannot subscribe");
+        }
+    }
+}
+
+async fn unsubscribe(client: &AsyncClient, topics: Vec<String>) {
+    for topic in topics {
+        if let Err(error) = client.unsubscribe(topic.clone()).await {
+            log::error!(topic = topic.as_str(), error:% = error; "cannot unsubscribe");
+        }
+    }
+}
+
 /// An owned [`DeviceInput`] produced by an action.
 enum Report {
     Applied { shard: ShardId, seq: u64 },
@@ -287,6 +342,8 @@ enum Report {
     Failed { shard: ShardId },
     AuditLoaded(Vec<facegate_protocol::AuditEvent>),
     OutboxChanged(u64),
+    Purged(Vec<ShardId>),
+    PurgeFailed(Vec<ShardId>),
 }
 
 impl Report {
@@ -299,6 +356,8 @@ impl Report {
             Self::Failed { shard } => DeviceInput::ApplyFailed { shard: shard.clone() },
             Self::AuditLoaded(events) => DeviceInput::AuditLoaded { events: events.clone() },
             Self::OutboxChanged(depth) => DeviceInput::OutboxChanged { depth: *depth },
+            Self::Purged(shards) => DeviceInput::Purged { shards: shards.clone() },
+            Self::PurgeFailed(shards) => DeviceInput::PurgeFailed { shards: shards.clone() },
         }
     }
 }
@@ -342,8 +401,32 @@ async fn execute(ctx: &SyncContext, client: &AsyncClient, action: DeviceAction) 
             Some(Report::OutboxChanged(depth))
         }
         DeviceAction::Execute { id, command } => {
-            write_last_command(&ctx.dir, id)?;
+            // Recorded only once done: a crash in between runs it again.
             run_command(ctx, command).await?;
+            state::write_last_command(&ctx.dir, id)?;
+            None
+        }
+        DeviceAction::Subscribe(topics) => {
+            log::info!(topics:? = topics; "shards assigned: subscribing");
+            subscribe(client, topics).await;
+            None
+        }
+        DeviceAction::Unsubscribe(topics) => {
+            log::info!(topics:? = topics; "shards unassigned: unsubscribing");
+            unsubscribe(client, topics).await;
+            None
+        }
+        DeviceAction::PurgeShards(shards) => Some(purge(ctx, shards).await),
+        DeviceAction::Persist(persisted) => {
+            let saved = state::SyncState::from(persisted);
+            state::write_sync_state(&ctx.dir, &saved)?;
+            log::info!(epoch = saved.epoch, assignment = saved.assignment.version, shards:? = saved.assignment.shards; "sync state saved");
+            None
+        }
+        DeviceAction::TrustKeys(keys) => {
+            state::write_trusted_keys(&ctx.dir, &keys)?;
+            let ids: Vec<String> = keys.iter().map(|k| k.key_id().to_string()).collect();
+            log::warn!(keys:? = ids; "central signing key rolled over: trusting only the new key");
             None
         }
         DeviceAction::Rejected { topic, reason } => {
@@ -358,6 +441,22 @@ async fn execute(ctx: &SyncContext, client: &AsyncClient, action: DeviceAction) 
             None
         }
     })
+}
+
+async fn purge(ctx: &SyncContext, shards: Vec<ShardId>) -> Report {
+    let store = Arc::clone(&ctx.shard);
+    let target = shards.clone();
+    match blocking(move || store.purge_shards(&target)).await {
+        Ok(report) => {
+            log::info!(shards:? = shards, removed = report.removed, kept = report.kept; "shards purged");
+            update_gallery_metrics(ctx);
+            Report::Purged(shards)
+        }
+        Err(error) => {
+            log::error!(shards:? = shards, error:% = error; "purging shards failed; the door stays stale until it succeeds");
+            Report::PurgeFailed(shards)
+        }
+    }
 }
 
 async fn apply_delta(ctx: &SyncContext, batch: DeltaBatch) -> Report {
@@ -408,9 +507,6 @@ async fn run_command(ctx: &SyncContext, command: Command) -> Result<(), SyncErro
         Command::Resync => log::info!("resync ordered by the server"),
         Command::Wipe => {
             log::warn!("wipe ordered by the server: emptying every synced shard");
-            let marker = ctx.dir.join(WIPED);
-            std::fs::write(&marker, b"wiped by the server\n")
-                .map_err(|source| SyncError::Io { path: marker, source })?;
             let store = Arc::clone(&ctx.shard);
             blocking(move || {
                 for progress in store.shards()? {
@@ -422,6 +518,8 @@ async fn run_command(ctx: &SyncContext, command: Command) -> Result<(), SyncErro
             })
             .await?;
             update_gallery_metrics(ctx);
+            // Only once the gallery is empty: a crash before this wipes again.
+            state::write_atomically(&ctx.dir, WIPED, b"wiped by the server\n")?;
         }
         Command::RotateKey => {
             let store = Arc::clone(&ctx.shard);
