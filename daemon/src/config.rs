@@ -291,6 +291,7 @@ impl DaemonConfig {
         {
             return Err(format!("http.listen {listen} is not a loopback address (metrics are not authenticated)"));
         }
+        self.sync.check()?;
         Ok(())
     }
 }
@@ -339,6 +340,19 @@ mod tests {
         assert_eq!(config.device.id, "door-7");
         let bad = vec![("FACEGATE__DECISION__FRAMES".to_owned(), "\"many\"".to_owned())];
         assert!(DaemonConfig::parse("[source]\nkind = \"camera\"\n", "t", &bad).is_err());
+    }
+
+    #[test]
+    fn max_staleness_defaults_to_five_minutes_and_refuses_a_bound_too_tight_for_the_proofs() {
+        let config = parse("[source]\nkind = \"camera\"\n").unwrap();
+        assert_eq!(config.sync.max_staleness_secs, 300);
+        assert_eq!(config.sync.device_config().max_staleness_ms, 300_000);
+        let err = parse("[source]\nkind = \"camera\"\n[sync]\nmax-staleness-secs = 5\n").unwrap_err();
+        assert!(err.to_string().contains("sync.max-staleness-secs of 5 is too tight"), "{err}");
+        let off = parse("[source]\nkind = \"camera\"\n[sync]\nmax-staleness-secs = 0\n").unwrap();
+        assert_eq!(off.sync.device_config().max_staleness_ms, 0);
+        let ten = parse("[source]\nkind = \"camera\"\n[sync]\nmax-staleness-secs = 10\n").unwrap();
+        assert_eq!(ten.sync.device_config().freshness_interval_ms, 2_500);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use facegate_protocol::{Decision, IdentityId, IdentityRecord, LivenessVerdict, S
 
 use facegate_face::liveness::LivenessChecker;
 
+use crate::freshness::{Freshness, FreshnessGate};
 use crate::liveness::LivenessSession;
 use crate::track::{TrackEvent, Tracker, TrackerConfig};
 
@@ -59,6 +60,9 @@ pub struct DecisionRecord {
     pub liveness: LivenessVerdict,
     pub liveness_score: Option<f32>,
     pub reason: String,
+    /// The gallery was stale when this was decided ([`FreshnessGate`]): a
+    /// `deny` with this set would have been a `grant`.
+    pub stale_gallery: bool,
     pub track: u64,
     /// Frames of the attempt that showed the face.
     pub frames: u32,
@@ -127,6 +131,7 @@ pub struct Engine {
     /// Stream time of the last grant/deny per identity (cooldown).
     recent: HashMap<IdentityId, Duration>,
     clock: Box<dyn Fn() -> i64 + Send>,
+    freshness: FreshnessGate,
 }
 
 impl std::fmt::Debug for Engine {
@@ -152,7 +157,14 @@ impl Engine {
             clock: Box::new(|| {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
             }),
+            freshness: FreshnessGate::off(),
         }
+    }
+
+    /// Grants only while `gate` says the gallery is fresh (or to
+    /// `offline_access` identities); never stale unless set.
+    pub fn set_freshness(&mut self, gate: FreshnessGate) {
+        self.freshness = gate;
     }
 
     /// Replaces the wall clock used for validity windows (unix seconds).
@@ -298,6 +310,7 @@ impl Engine {
             }
         };
         let record = identity.as_ref().and_then(|id| self.gallery.record(id));
+        let mut stale_gallery = false;
         match liveness.verdict {
             LivenessVerdict::Spoof => {
                 decision = Decision::Spoof;
@@ -313,6 +326,19 @@ impl Engine {
                     if !record.valid_at(now) {
                         decision = Decision::Deny;
                         reason = format!("{} is enrolled but not allowed now (validity window)", record.id);
+                    }
+                }
+                if decision == Decision::Grant
+                    && let stale @ Freshness::Stale { .. } = self.freshness.check_now()
+                {
+                    // Fail secure: a stale gallery may still hold someone the
+                    // centre removed.
+                    if record.as_ref().is_some_and(|r| r.offline_access) {
+                        reason = format!("{reason}; {stale}; granted: offline access");
+                    } else {
+                        decision = Decision::Deny;
+                        stale_gallery = true;
+                        reason = format!("{stale}; only offline-access identities are granted");
                     }
                 }
             }
@@ -343,6 +369,7 @@ impl Engine {
             liveness: liveness.verdict,
             liveness_score: liveness.score,
             reason,
+            stale_gallery,
             track: attempt.track,
             frames: attempt.frames,
             started_at: attempt.started_at,

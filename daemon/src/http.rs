@@ -1,5 +1,6 @@
 //! Loopback HTTP: `/health` (the process answers), `/ready` (a latch
-//! released once every dependency — models, gallery, camera — has come up)
+//! released once every dependency — models, gallery, camera — has come up,
+//! and 503 again while the gallery is stale, with the reason in the body)
 //! and `/metrics` (Prometheus text).
 
 use std::collections::BTreeMap;
@@ -14,10 +15,14 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
+use crate::freshness::{Freshness, FreshnessGate};
+
 /// The dependencies readiness waits for, and the latch.
 #[derive(Debug, Clone)]
 pub struct Readiness {
     state: Arc<Mutex<(BTreeMap<&'static str, bool>, bool)>>,
+    /// A stale gallery makes the door not ready (it denies nearly everyone).
+    freshness: Option<FreshnessGate>,
 }
 
 impl Default for Readiness {
@@ -29,7 +34,13 @@ impl Default for Readiness {
 impl Readiness {
     pub fn waiting_for(dependencies: &[&'static str]) -> Self {
         let deps = dependencies.iter().map(|d| (*d, false)).collect();
-        Self { state: Arc::new(Mutex::new((deps, false))) }
+        Self { state: Arc::new(Mutex::new((deps, false))), freshness: None }
+    }
+
+    /// Also reports not ready while `gate` says the gallery is stale.
+    pub fn with_freshness(mut self, gate: FreshnessGate) -> Self {
+        self.freshness = Some(gate);
+        self
     }
 
     /// Marks `dependency` up (or down); the latch opens when all are up and
@@ -65,8 +76,14 @@ pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
 
 async fn ready(State(shared): State<Shared>) -> impl IntoResponse {
     let (open, deps) = shared.readiness.report();
-    let body = serde_json::json!({ "ready": open, "dependencies": deps }).to_string();
-    let status = if open { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let freshness = shared.readiness.freshness.as_ref().map_or(Freshness::Fresh, FreshnessGate::check_now);
+    let ready = open && !freshness.is_stale();
+    let mut body = serde_json::json!({ "ready": ready, "dependencies": deps, "stale": freshness.is_stale() });
+    if freshness.is_stale() {
+        body["reason"] = serde_json::Value::String(freshness.to_string());
+    }
+    let body = body.to_string();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, [(header::CONTENT_TYPE, "application/json")], body)
 }
 
@@ -140,5 +157,32 @@ mod tests {
         assert!(get("/metrics").await.contains("facegate_frames_total 1"));
         stop.store(true, Ordering::Relaxed);
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stale_gallery_makes_the_door_not_ready_and_says_why() {
+        let gate = FreshnessGate::new(10_000, crate::kiosk::unix_millis());
+        let readiness = Readiness::waiting_for(&[]).with_freshness(gate.clone());
+        readiness.set("camera", true);
+        let app = router(Arc::new(Registry::default()), readiness);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let get = || async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.unwrap();
+            response
+        };
+        let stale = get().await;
+        assert!(stale.starts_with("HTTP/1.1 503"), "{stale}");
+        assert!(stale.contains("gallery stale: no valid freshness proof"), "{stale}");
+        gate.set(Some(crate::kiosk::unix_millis() + 60_000));
+        let fresh = get().await;
+        assert!(fresh.starts_with("HTTP/1.1 200"), "{fresh}");
+        assert!(fresh.contains("\"stale\":false"), "{fresh}");
+        server.abort();
     }
 }

@@ -143,6 +143,13 @@ impl Kiosk {
         Self { device, model_id, engine, shard, metrics, actuators, outbox: None }
     }
 
+    /// Denies would-be grants while `gate` says the gallery is stale (except
+    /// to `offline_access` identities); a kiosk without it never is.
+    pub fn with_freshness(mut self, gate: crate::freshness::FreshnessGate) -> Self {
+        self.engine.set_freshness(gate);
+        self
+    }
+
     /// Notifies `outbox` after every audit append.
     pub fn with_outbox_notify(mut self, outbox: Arc<tokio::sync::Notify>) -> Self {
         self.outbox = Some(outbox);
@@ -173,6 +180,8 @@ impl Kiosk {
     fn record(&mut self, record: DecisionRecord) -> Recorded {
         let event = AuditEvent {
             device: self.device.clone(),
+            // Both set by the store.
+            epoch: 0,
             seq: 0,
             at: unix_millis(),
             decision: record.decision,
@@ -204,6 +213,9 @@ impl Kiosk {
             metrics.decisions.get_or_create(&DecisionLabel { decision: record.decision.as_str() }).inc();
             if record.decision == Decision::Spoof {
                 metrics.liveness_rejections.inc();
+            }
+            if record.stale_gallery {
+                metrics.stale_denials.inc();
             }
             if let Ok(depth) = self.shard.store().outbox_depth() {
                 metrics.outbox_depth.set(depth as i64);

