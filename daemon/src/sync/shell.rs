@@ -23,7 +23,7 @@ use super::SyncError;
 use super::provision::{CA, DEVICE_CERT, DEVICE_KEY, Provisioned};
 use crate::kiosk::unix_millis;
 use crate::metrics::Metrics;
-use crate::store::{DeltaOutcome, DeviceKey, GalleryStore, LiveShard, SnapshotOutcome, StoreError};
+use crate::store::{DeltaOutcome, GalleryStore, LiveShard, SnapshotOutcome, StoreError};
 
 /// File in the sync directory holding the id of the last command executed.
 const LAST_COMMAND: &str = "last-command";
@@ -32,6 +32,7 @@ const LAST_COMMAND: &str = "last-command";
 const WIPED: &str = "wiped";
 
 /// Everything the shell needs.
+#[derive(Clone)]
 pub struct SyncContext {
     pub dir: PathBuf,
     pub shard: Arc<LiveShard>,
@@ -100,14 +101,35 @@ fn read_last_command(dir: &Path) -> Result<u64, SyncError> {
 }
 
 fn write_last_command(dir: &Path, id: u64) -> Result<(), SyncError> {
+    write_durably(dir, LAST_COMMAND, &format!("{id}\n"))
+}
+
+/// Writes `dir/name` through a temporary file, fsync and rename, then syncs
+/// the directory: after a power cut the file is whole or absent.
+fn write_durably(dir: &Path, name: &str, text: &str) -> Result<(), SyncError> {
     use std::io::Write;
-    let path = dir.join(LAST_COMMAND);
-    let temporary = dir.join(format!("{LAST_COMMAND}.tmp"));
+    let path = dir.join(name);
+    let temporary = dir.join(format!("{name}.tmp"));
     let io = |source| SyncError::Io { path: path.clone(), source };
     let mut file = std::fs::File::create(&temporary).map_err(io)?;
-    writeln!(file, "{id}").map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
     file.sync_all().map_err(io)?;
-    std::fs::rename(&temporary, &path).map_err(io)
+    std::fs::rename(&temporary, &path).map_err(io)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+}
+
+/// Whether the server wiped this device (sync then stays off).
+pub fn is_wiped(dir: &Path) -> bool {
+    dir.join(WIPED).exists()
+}
+
+/// Aborts the event-loop task when `run` returns, by any path.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn qos1() -> QoS {
@@ -155,14 +177,19 @@ async fn pump(mut events: EventLoop, forward: mpsc::Sender<Incoming>, shutdown: 
     }
 }
 
-/// Runs sync until `shutdown`. Errors only on setup (unprovisioned,
-/// unreadable certificates); a lost broker is retried forever.
+/// Runs sync until `shutdown` (or a wipe). Errors on setup (unprovisioned,
+/// unreadable certificates) and on any store or file error while carrying
+/// out an action; [`super::supervise`] restarts it. A lost broker is
+/// retried forever.
 pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
-    let provisioned = Provisioned::load(&ctx.dir)?;
-    if ctx.dir.join(WIPED).exists() {
+    if is_wiped(&ctx.dir) {
         log::warn!(dir:% = ctx.dir.display(); "this device was wiped by the server: sync stays off until it is provisioned again");
+        // The marker is written after the shards are emptied; emptying again
+        // is idempotent and covers a marker written by an older build first.
+        empty_synced_shards(&ctx).await?;
         return Ok(());
     }
+    let provisioned = Provisioned::load(&ctx.dir)?;
     let (device, shards, keys) = provisioned.check()?;
     let store = Arc::clone(&ctx.shard);
     let progress = blocking(move || store.shards()).await?;
@@ -204,7 +231,7 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
     }
     let (client, events) = AsyncClient::new(options, 256);
     let (forward, mut incoming) = mpsc::channel(256);
-    tokio::spawn(pump(events, forward, Arc::clone(&ctx.shutdown)));
+    let _pump = AbortOnDrop(tokio::spawn(pump(events, forward, Arc::clone(&ctx.shutdown))));
     log::info!(device = device.as_str(), broker = format!("{}:{}", provisioned.mqtt.host, provisioned.mqtt.port).as_str(); "sync starting");
 
     let mut pending: VecDeque<DeviceAction> = VecDeque::new();
@@ -342,8 +369,11 @@ async fn execute(ctx: &SyncContext, client: &AsyncClient, action: DeviceAction) 
             Some(Report::OutboxChanged(depth))
         }
         DeviceAction::Execute { id, command } => {
-            write_last_command(&ctx.dir, id)?;
+            // Recorded only once the command ran: a crash or an error in
+            // between runs it again on the next delivery (every command is
+            // idempotent), never skips it.
             run_command(ctx, command).await?;
+            write_last_command(&ctx.dir, id)?;
             None
         }
         DeviceAction::Rejected { topic, reason } => {
@@ -408,36 +438,37 @@ async fn run_command(ctx: &SyncContext, command: Command) -> Result<(), SyncErro
         Command::Resync => log::info!("resync ordered by the server"),
         Command::Wipe => {
             log::warn!("wipe ordered by the server: emptying every synced shard");
-            let marker = ctx.dir.join(WIPED);
-            std::fs::write(&marker, b"wiped by the server\n")
-                .map_err(|source| SyncError::Io { path: marker, source })?;
-            let store = Arc::clone(&ctx.shard);
-            blocking(move || {
-                for progress in store.shards()? {
-                    if progress.shard.as_str() != crate::store::LOCAL_SHARD {
-                        store.apply_snapshot(&progress.shard, progress.seq, &[])?;
-                    }
-                }
-                Ok(())
-            })
-            .await?;
-            update_gallery_metrics(ctx);
+            // Shards first, marker last: a failure in between leaves an
+            // empty gallery or a retry, never a marker over a full gallery.
+            empty_synced_shards(ctx).await?;
+            write_durably(&ctx.dir, WIPED, "wiped by the server\n")?;
         }
         Command::RotateKey => {
             let store = Arc::clone(&ctx.shard);
             let key_path = ctx.key_path.clone();
-            blocking(move || {
-                let fresh = key_path.with_extension("new");
-                let _ = std::fs::remove_file(&fresh);
-                let key = DeviceKey::generate(&fresh)?;
-                store.store().rotate_key(key)?;
-                std::fs::rename(&fresh, &key_path)
-                    .map_err(|source| StoreError::KeyCreate { path: key_path.clone(), source })?;
-                log::info!("device key rotated");
-                Ok(())
-            })
-            .await?;
+            blocking(move || crate::store::rotate_key_file(store.store(), &key_path)).await?;
+            log::info!("device key rotated");
         }
     }
     Ok(())
 }
+
+/// Empties every shard but the local one, each in one flushed transaction.
+async fn empty_synced_shards(ctx: &SyncContext) -> Result<(), SyncError> {
+    let store = Arc::clone(&ctx.shard);
+    let emptied = blocking(move || {
+        for progress in store.shards()? {
+            if progress.shard.as_str() != crate::store::LOCAL_SHARD {
+                store.apply_snapshot(&progress.shard, progress.seq, &[])?;
+            }
+        }
+        Ok(())
+    })
+    .await;
+    update_gallery_metrics(ctx);
+    emptied
+}
+
+#[cfg(test)]
+#[path = "shell_tests.rs"]
+mod tests;
