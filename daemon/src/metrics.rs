@@ -24,6 +24,7 @@ pub const SINK_FAILURES: &str = "facegate_sink_failures";
 pub const SINK_DROPPED: &str = "facegate_sink_dropped";
 pub const SYNC_CONNECTED: &str = "facegate_sync_connected";
 pub const SYNC_REJECTED: &str = "facegate_sync_rejected";
+pub const SYNC_RESTARTS: &str = "facegate_sync_restarts";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
@@ -69,6 +70,7 @@ pub struct Metrics {
     pub sink_dropped: Family<SinkLabel, Gauge>,
     pub sync_connected: Gauge,
     pub sync_rejected: Family<ReasonLabel, Counter>,
+    pub sync_restarts: Counter,
 }
 
 impl Metrics {
@@ -91,6 +93,7 @@ impl Metrics {
             sink_dropped: Family::default(),
             sync_connected: Gauge::default(),
             sync_rejected: Family::default(),
+            sync_restarts: Counter::default(),
         };
         registry.register(STAGE_LATENCY, "Time spent per pipeline stage and frame", m.stage_latency.clone());
         registry.register(DECISIONS, "Door decisions by outcome", m.decisions.clone());
@@ -116,6 +119,7 @@ impl Metrics {
         registry.register(SINK_DROPPED, "Actuations dropped because a sink was busy", m.sink_dropped.clone());
         registry.register(SYNC_CONNECTED, "1 while the MQTT sync session is up", m.sync_connected.clone());
         registry.register(SYNC_REJECTED, "Sync messages refused, by reason", m.sync_rejected.clone());
+        registry.register(SYNC_RESTARTS, "Times the sync task failed and was restarted", m.sync_restarts.clone());
         m
     }
 

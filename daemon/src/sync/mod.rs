@@ -1,10 +1,12 @@
 //! Sync with the central server over MQTT (DESIGN.md §5): provisioning
 //! ([`provision`]) and the shell around the protocol's device state machine
-//! ([`shell`]). The kiosk works without it; with it, signed deltas keep the
-//! gallery shard current and the audit outbox drains to the server.
+//! ([`shell`]), kept running by [`supervise`]. The kiosk works without it;
+//! with it, signed deltas keep the gallery shard current and the audit
+//! outbox drains to the server.
 
 pub mod provision;
 pub mod shell;
+pub mod supervise;
 
 use std::path::PathBuf;
 
