@@ -21,12 +21,63 @@ use crate::track::{TrackEvent, Tracker, TrackerConfig};
 
 /// What the engine needs from the gallery shard.
 pub trait GalleryLookup: Send + Sync {
-    /// The two best identities for `probe`, best first.
-    fn top_two(&self, probe: &Template) -> Result<Vec<Match<IdentityId>>, FaceError>;
-    /// The record of an enrolled identity.
-    fn record(&self, id: &IdentityId) -> Option<IdentityRecord>;
+    /// The two best identities for `probe`, best first, each with its
+    /// record, read together under one lock: a removal lands before or
+    /// after both, never between (a record is `None` only when the gallery
+    /// holds templates of an identity without its record).
+    fn identify(&self, probe: &Template) -> Result<Vec<(Match<IdentityId>, Option<IdentityRecord>)>, FaceError>;
     /// Number of enrolled identities.
     fn identities(&self) -> usize;
+}
+
+/// The door decision from the identification, the matched identity's
+/// record (from the same gallery read), the liveness conclusion and the
+/// wall clock (unix seconds): decision, identity and reason.
+fn judge(
+    identification: &Identification<IdentityId>,
+    record: Option<&IdentityRecord>,
+    liveness: &crate::liveness::Conclusion,
+    rule: &OpenSetRule,
+    now: i64,
+    window: Duration,
+) -> (Decision, Option<IdentityId>, String) {
+    let (mut decision, identity, mut reason) = match identification {
+        Identification::Identified { label, score, .. } => {
+            (Decision::Grant, Some(label.clone()), format!("matched with score {score:.4}"))
+        }
+        Identification::Ambiguous { label, score, runner_up } => (
+            Decision::Unknown,
+            None,
+            format!("ambiguous: best {label} at {score:.4}, runner-up at {runner_up:.4} (margin {:.3})", rule.margin),
+        ),
+        Identification::NoMatch { best: Some(best) } => {
+            (Decision::Unknown, None, format!("best score {best:.4} below {:.4}", rule.threshold))
+        }
+        Identification::NoMatch { best: None } => (Decision::Unknown, None, "nobody enrolled to compare with".into()),
+    };
+    match liveness.verdict {
+        LivenessVerdict::Spoof => {
+            decision = Decision::Spoof;
+            reason = format!("presentation attack: {}", liveness.reason);
+        }
+        LivenessVerdict::Unsure => {
+            decision = Decision::Spoof;
+            reason = format!("not shown live within {} ms: {}", window.as_millis(), liveness.reason);
+        }
+        LivenessVerdict::Live => match (decision, record) {
+            (Decision::Grant, Some(record)) if !record.valid_at(now) => {
+                decision = Decision::Deny;
+                reason = format!("{} is enrolled but not allowed now (validity window)", record.id);
+            }
+            (Decision::Grant, None) => {
+                // Templates without a record: never a grant, and the
+                // (removed) person is not named.
+                return (Decision::Unknown, None, "matched an identity that is no longer enrolled".into());
+            }
+            _ => {}
+        },
+    }
+    (decision, identity, reason)
 }
 
 /// How the 1:N threshold is chosen.
@@ -273,13 +324,14 @@ impl Engine {
         attempt.timings.embed += timings.embed_ms as f32;
         let probe = probe.and_then(|v| Template::from_embedding(self.pipeline.model_id(), v));
         let t = Instant::now();
-        let top = match &probe {
-            Some(probe) => self.gallery.top_two(probe).unwrap_or_else(|error| {
+        let found = match &probe {
+            Some(probe) => self.gallery.identify(probe).unwrap_or_else(|error| {
                 log::error!(error:% = error; "gallery search failed");
                 Vec::new()
             }),
             None => Vec::new(),
         };
+        let top: Vec<Match<IdentityId>> = found.iter().map(|(m, _)| m.clone()).collect();
         let rule = self.rule();
         let identification = rule.decide(&top);
         timings.match_ms = ms(t);
@@ -290,57 +342,26 @@ impl Engine {
         attempt.timings.matching += timings.match_ms as f32;
         let liveness = attempt.liveness.conclusion();
         let best_score = top.first().map(|m| m.score);
-        let (mut decision, mut identity, mut reason) = match &identification {
-            Identification::Identified { label, score, .. } => {
-                (Decision::Grant, Some(label.clone()), format!("matched with score {score:.4}"))
+        let record = match &identification {
+            Identification::Identified { label, .. } => {
+                found.iter().find(|(m, _)| &m.label == label).and_then(|(_, record)| record.clone())
             }
-            Identification::Ambiguous { label, score, runner_up } => (
-                Decision::Unknown,
-                None,
-                format!(
-                    "ambiguous: best {label} at {score:.4}, runner-up at {runner_up:.4} (margin {:.3})",
-                    rule.margin
-                ),
-            ),
-            Identification::NoMatch { best: Some(best) } => {
-                (Decision::Unknown, None, format!("best score {best:.4} below {:.4}", rule.threshold))
-            }
-            Identification::NoMatch { best: None } => {
-                (Decision::Unknown, None, "nobody enrolled to compare with".into())
-            }
+            _ => None,
         };
-        let record = identity.as_ref().and_then(|id| self.gallery.record(id));
+        let (mut decision, mut identity, mut reason) =
+            judge(&identification, record.as_ref(), &liveness, &rule, (self.clock)(), self.config.window);
         let mut stale_gallery = false;
-        match liveness.verdict {
-            LivenessVerdict::Spoof => {
-                decision = Decision::Spoof;
-                reason = format!("presentation attack: {}", liveness.reason);
-            }
-            LivenessVerdict::Unsure => {
-                decision = Decision::Spoof;
-                reason = format!("not shown live within {} ms: {}", self.config.window.as_millis(), liveness.reason);
-            }
-            LivenessVerdict::Live => {
-                if let (Decision::Grant, Some(record)) = (decision, &record) {
-                    let now = (self.clock)();
-                    if !record.valid_at(now) {
-                        decision = Decision::Deny;
-                        reason = format!("{} is enrolled but not allowed now (validity window)", record.id);
-                    }
-                }
-                if decision == Decision::Grant
-                    && let stale @ Freshness::Stale { .. } = self.freshness.check_now()
-                {
-                    // Fail secure: a stale gallery may still hold someone the
-                    // centre removed.
-                    if record.as_ref().is_some_and(|r| r.offline_access) {
-                        reason = format!("{reason}; {stale}; granted: offline access");
-                    } else {
-                        decision = Decision::Deny;
-                        stale_gallery = true;
-                        reason = format!("{stale}; only offline-access identities are granted");
-                    }
-                }
+        if decision == Decision::Grant
+            && let stale @ Freshness::Stale { .. } = self.freshness.check_now()
+        {
+            // Fail secure: a stale gallery may still hold someone the centre
+            // removed.
+            if record.as_ref().is_some_and(|r| r.offline_access) {
+                reason = format!("{reason}; {stale}; granted: offline access");
+            } else {
+                decision = Decision::Deny;
+                stale_gallery = true;
+                reason = format!("{stale}; only offline-access identities are granted");
             }
         }
         if matches!(decision, Decision::Grant | Decision::Deny)
@@ -399,4 +420,90 @@ fn admit(attempt: &mut Attempt, image: &RgbImage, face: AssessedFace, pipeline: 
         None
     };
     attempt.candidates.push(Candidate { rank, chip: face.chip, mirrored });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn live() -> crate::liveness::Conclusion {
+        crate::liveness::Conclusion {
+            verdict: LivenessVerdict::Live,
+            score: Some(0.9),
+            code: "test",
+            reason: "test".into(),
+        }
+    }
+
+    fn alice(valid_until: Option<i64>) -> IdentityRecord {
+        IdentityRecord {
+            id: IdentityId::new("alice").unwrap(),
+            name: "Alice".into(),
+            valid_from: None,
+            valid_until,
+            version: 1,
+        }
+    }
+
+    fn identified() -> Identification<IdentityId> {
+        Identification::Identified { label: IdentityId::new("alice").unwrap(), score: 0.9, runner_up: None }
+    }
+
+    const RULE: OpenSetRule = OpenSetRule { threshold: 0.5, margin: 0.05 };
+    const WINDOW: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn a_match_whose_record_is_gone_is_never_a_grant() {
+        // The gallery answered with a match but no record: removed between
+        // the two, or templates left behind. Either way nobody to admit.
+        let (decision, identity, reason) = judge(&identified(), None, &live(), &RULE, 1_000, WINDOW);
+        assert_ne!(decision, Decision::Grant, "{reason}");
+        assert_eq!(identity, None, "a removed person is not named");
+    }
+
+    #[test]
+    fn a_match_with_a_current_record_is_granted_and_an_expired_one_denied() {
+        let record = alice(Some(2_000));
+        assert_eq!(judge(&identified(), Some(&record), &live(), &RULE, 1_000, WINDOW).0, Decision::Grant);
+        assert_eq!(judge(&identified(), Some(&record), &live(), &RULE, 2_000, WINDOW).0, Decision::Deny);
+    }
+
+    /// The shard's lookup under a removal racing it: every match comes with
+    /// its record, because both are read under one lock.
+    #[test]
+    fn identify_returns_every_match_with_its_record_while_removals_race_it() {
+        use crate::store::{GalleryModel, GalleryStore, StoreConfig};
+        use facegate_protocol::TemplateRecord;
+        let root = tempfile::tempdir().unwrap();
+        let config = StoreConfig::new(root.path().join("db"), GalleryModel { id: "m".into(), dim: 4 });
+        let shard =
+            std::sync::Arc::new(crate::store::open_with_key_file(&config, &root.path().join("device.key")).unwrap());
+        let unit = [1f32, 0.0, 0.0, 0.0];
+        let template =
+            TemplateRecord { model_id: "m".into(), vector: unit.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let probe = Template::from_embedding("m", unit.to_vec()).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (shard, stop) = (shard.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut rounds = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && rounds < 200 {
+                    shard.upsert_local(alice(None), vec![template.clone()]).unwrap();
+                    shard.remove_local(&IdentityId::new("alice").unwrap()).unwrap();
+                    rounds += 1;
+                }
+            })
+        };
+        let mut seen = 0;
+        while !writer.is_finished() {
+            for (found, record) in shard.identify(&probe).unwrap() {
+                assert_eq!(record.map(|r| r.id), Some(found.label), "a match without its record");
+                seen += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        eprintln!("{seen} matches checked");
+    }
 }

@@ -1,6 +1,7 @@
 //! Loopback HTTP: `/health` (the process answers), `/ready` (a latch
 //! released once every dependency — models, gallery, camera — has come up,
-//! and 503 again while the gallery is stale, with the reason in the body)
+//! held back while an ongoing condition such as the sync task is down, and
+//! 503 while the gallery is stale, with the reason in the body)
 //! and `/metrics` (Prometheus text).
 
 use std::collections::BTreeMap;
@@ -17,12 +18,20 @@ use prometheus_client::registry::Registry;
 
 use crate::freshness::{Freshness, FreshnessGate};
 
-/// The dependencies readiness waits for, and the latch.
+/// The dependencies readiness waits for, the latch, and the ongoing
+/// conditions that hold it back.
 #[derive(Debug, Clone)]
 pub struct Readiness {
-    state: Arc<Mutex<(BTreeMap<&'static str, bool>, bool)>>,
+    state: Arc<Mutex<ReadinessState>>,
     /// A stale gallery makes the door not ready (it denies nearly everyone).
     freshness: Option<FreshnessGate>,
+}
+
+#[derive(Debug, Default)]
+struct ReadinessState {
+    dependencies: BTreeMap<&'static str, bool>,
+    latched: bool,
+    conditions: BTreeMap<&'static str, bool>,
 }
 
 impl Default for Readiness {
@@ -33,8 +42,11 @@ impl Default for Readiness {
 
 impl Readiness {
     pub fn waiting_for(dependencies: &[&'static str]) -> Self {
-        let deps = dependencies.iter().map(|d| (*d, false)).collect();
-        Self { state: Arc::new(Mutex::new((deps, false))), freshness: None }
+        let dependencies = dependencies.iter().map(|d| (*d, false)).collect();
+        Self {
+            state: Arc::new(Mutex::new(ReadinessState { dependencies, ..ReadinessState::default() })),
+            freshness: None,
+        }
     }
 
     /// Also reports not ready while `gate` says the gallery is stale.
@@ -47,16 +59,34 @@ impl Readiness {
     /// then stays open.
     pub fn set(&self, dependency: &'static str, up: bool) {
         if let Ok(mut state) = self.state.lock() {
-            state.0.insert(dependency, up);
-            if state.0.values().all(|v| *v) {
-                state.1 = true;
+            state.dependencies.insert(dependency, up);
+            if state.dependencies.values().all(|v| *v) {
+                state.latched = true;
             }
         }
     }
 
-    /// Whether the latch is open, and each dependency's state.
+    /// Marks an ongoing `condition` up or down. Unlike a dependency it is
+    /// not latched: readiness is withheld whenever a condition is down,
+    /// also after the latch opened (the sync task while it restarts).
+    pub fn set_condition(&self, condition: &'static str, up: bool) {
+        if let Ok(mut state) = self.state.lock() {
+            state.conditions.insert(condition, up);
+        }
+    }
+
+    /// Whether the service is ready (the latch is open and every condition
+    /// up), and the state of each dependency and condition.
     pub fn report(&self) -> (bool, BTreeMap<&'static str, bool>) {
-        self.state.lock().map(|s| (s.1, s.0.clone())).unwrap_or_default()
+        self.state
+            .lock()
+            .map(|s| {
+                let ready = s.latched && s.conditions.values().all(|v| *v);
+                let mut all = s.dependencies.clone();
+                all.extend(s.conditions.iter().map(|(k, v)| (*k, *v)));
+                (ready, all)
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -127,6 +157,20 @@ mod tests {
         let (open, deps) = r.report();
         assert!(open, "the latch stays open");
         assert!(!deps["b"]);
+    }
+
+    #[test]
+    fn a_condition_that_goes_down_withholds_readiness_after_the_latch_opened() {
+        let r = Readiness::waiting_for(&["a"]);
+        r.set_condition("sync", true);
+        r.set("a", true);
+        assert!(r.report().0);
+        r.set_condition("sync", false);
+        let (ready, state) = r.report();
+        assert!(!ready, "readiness ignores a condition that is down");
+        assert!(!state["sync"]);
+        r.set_condition("sync", true);
+        assert!(r.report().0);
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use crate::config::{DaemonConfig, DecisionKind};
 use crate::engine::{DecisionRecord, Engine, EngineConfig, FrameTimings, GalleryLookup, ThresholdPolicy};
 use crate::metrics::{DecisionLabel, Metrics};
 use crate::source::Frame;
-use crate::store::{DeviceKey, GalleryModel, LiveShard, StoreConfig, StoreError};
+use crate::store::{GalleryModel, LiveShard, StoreConfig, StoreError};
 use crate::track::TrackerConfig;
 
 /// Why the kiosk could not start or go on.
@@ -39,11 +39,16 @@ pub enum KioskError {
 }
 
 impl GalleryLookup for LiveShard {
-    fn top_two(&self, probe: &Template) -> Result<Vec<Match<IdentityId>>, FaceError> {
-        self.read().gallery.search(probe, 2)
-    }
-    fn record(&self, id: &IdentityId) -> Option<IdentityRecord> {
-        self.read().identities.get(id).cloned()
+    fn identify(&self, probe: &Template) -> Result<Vec<(Match<IdentityId>, Option<IdentityRecord>)>, FaceError> {
+        let view = self.read();
+        let top = view.gallery.search(probe, 2)?;
+        Ok(top
+            .into_iter()
+            .map(|m| {
+                let record = view.identities.get(&m.label).cloned();
+                (m, record)
+            })
+            .collect())
     }
     fn identities(&self) -> usize {
         self.read().gallery.identities()
@@ -79,16 +84,16 @@ pub fn load_pipeline(config: &DaemonConfig) -> Result<FacePipeline, KioskError> 
 }
 
 /// Opens the encrypted gallery shard for the pipeline's model, creating the
-/// database and its key on first use.
+/// database and its key on first use and finishing a key rotation a crash
+/// interrupted.
 pub fn open_shard(config: &DaemonConfig, pipeline: &FacePipeline) -> Result<LiveShard, KioskError> {
     let key_path = config.gallery.key_path();
     if let Some(parent) = key_path.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|source| KioskError::StateDir { path: parent.to_path_buf(), source })?;
     }
-    let (key, _created) = DeviceKey::load_or_generate(&key_path).map_err(KioskError::Store)?;
     let model = GalleryModel { id: pipeline.model_id().to_owned(), dim: pipeline.embedder().dim() };
-    LiveShard::open(&StoreConfig::new(&config.gallery.db, model), key).map_err(KioskError::Store)
+    crate::store::open_with_key_file(&StoreConfig::new(&config.gallery.db, model), &key_path).map_err(KioskError::Store)
 }
 
 /// The engine settings from the configuration and the model's calibration.

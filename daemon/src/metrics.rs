@@ -26,6 +26,7 @@ pub const SYNC_CONNECTED: &str = "facegate_sync_connected";
 pub const SYNC_REJECTED: &str = "facegate_sync_rejected";
 pub const GALLERY_STALE: &str = "facegate_gallery_stale";
 pub const STALE_DENIALS: &str = "facegate_stale_denials";
+pub const SYNC_RESTARTS: &str = "facegate_sync_restarts";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
@@ -73,6 +74,7 @@ pub struct Metrics {
     pub sync_rejected: Family<ReasonLabel, Counter>,
     pub gallery_stale: Gauge,
     pub stale_denials: Counter,
+    pub sync_restarts: Counter,
 }
 
 impl Metrics {
@@ -97,6 +99,7 @@ impl Metrics {
             sync_rejected: Family::default(),
             gallery_stale: Gauge::default(),
             stale_denials: Counter::default(),
+            sync_restarts: Counter::default(),
         };
         registry.register(STAGE_LATENCY, "Time spent per pipeline stage and frame", m.stage_latency.clone());
         registry.register(DECISIONS, "Door decisions by outcome", m.decisions.clone());
@@ -132,6 +135,7 @@ impl Metrics {
             "Would-be grants denied because the gallery was stale",
             m.stale_denials.clone(),
         );
+        registry.register(SYNC_RESTARTS, "Times the sync task failed and was restarted", m.sync_restarts.clone());
         m
     }
 

@@ -162,13 +162,8 @@ pub fn run(config: &DaemonConfig, shutdown: Arc<AtomicBool>) -> Result<(), RunEr
         };
         // Fail at start on an unusable provisioning directory, not later.
         crate::sync::Provisioned::load(dir).map_err(|e| RunError::Sync(e.into()))?;
-        let sync_shutdown = shutdown.clone();
-        runtime.spawn(async move {
-            if let Err(error) = crate::sync::shell::run(context).await {
-                log::error!(error:% = error; "sync stopped; the kiosk keeps deciding offline");
-            }
-            drop(sync_shutdown);
-        });
+        readiness.set_condition(crate::sync::supervise::SYNC_CONDITION, true);
+        runtime.spawn(crate::sync::supervise::supervise(context, Some(readiness.clone())));
     } else {
         log::info!("no [sync] dir configured: standalone kiosk");
     }

@@ -320,10 +320,14 @@ impl Store {
     }
 
     /// Re-encrypts every template and the key check value under `new` in one
-    /// transaction, flushes, and from then on uses `new`. The caller replaces
+    /// transaction, from then on uses `new`, and flushes. The caller replaces
     /// the key file afterwards (write the new key beside the old one first:
     /// if power fails between the two steps, the database opens only with
-    /// the new key).
+    /// the new key); [`super::rotate_key_file`] does all of it.
+    ///
+    /// A failed flush still leaves the store using `new`: sled holds the
+    /// re-encrypted values in memory and may make them durable later, so
+    /// keep both key files until a flush succeeds.
     pub fn rotate_key(&self, new: DeviceKey) -> Result<(), StoreError> {
         let _writer = self.writer_lock();
         let mut key = self.key.write().unwrap_or_else(PoisonError::into_inner);
@@ -344,8 +348,8 @@ impl Store {
                 Ok(())
             })
             .map_err(StoreError::transaction)?;
-        self.flush()?;
         *key = Arc::new(new);
-        Ok(())
+        drop(key);
+        self.flush()
     }
 }

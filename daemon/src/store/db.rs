@@ -2,6 +2,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use facegate_protocol::{IdentityId, ShardId, ShardProgress};
@@ -68,6 +69,8 @@ pub struct Store {
     pub(crate) audit_seq: Mutex<u64>,
     /// The outbox's epoch (`meta` `outbox-epoch`), stamped on every event.
     pub(crate) outbox_epoch: u64,
+    /// Test seam: flushes still to fail (see [`Store::fail_next_flushes`]).
+    pub(crate) failing_flushes: AtomicU32,
 }
 
 impl Store {
@@ -95,6 +98,7 @@ impl Store {
             writer: Mutex::new(()),
             audit_seq: Mutex::new(0),
             outbox_epoch: 0,
+            failing_flushes: AtomicU32::new(0),
         };
         store.check_or_initialise()?;
         store.outbox_epoch = store.read_or_create_outbox_epoch()?;
@@ -197,7 +201,32 @@ impl Store {
 
     /// Makes every completed write durable (fsync).
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
+        let injected = self.failing_flushes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if injected.is_ok() {
+            let full = std::io::Error::from_raw_os_error(28); // ENOSPC
+            return Err(StoreError::write(sled::Error::Io(full)));
+        }
         self.db.flush().map(drop).map_err(StoreError::write)
+    }
+
+    /// Fault injection for tests: the next `count` flushes fail as if the
+    /// disk were full (ENOSPC), after sled applied the change in memory —
+    /// what a full or read-only disk does to a sled write. Production code
+    /// never calls this.
+    #[doc(hidden)]
+    pub fn fail_next_flushes(&self, count: u32) {
+        self.failing_flushes.store(count, Ordering::SeqCst);
+    }
+
+    /// Whether `key` is the key the database is encrypted under now (as
+    /// sled holds it, which a failed flush may not have made durable yet).
+    pub fn is_current_key(&self, key: &DeviceKey) -> Result<bool, StoreError> {
+        let check = self
+            .meta
+            .get(codec::META_KEY_CHECK)
+            .map_err(StoreError::read)?
+            .ok_or_else(|| StoreError::corrupt("the key check value is missing"))?;
+        Ok(codec::key_matches(key, &check))
     }
 
     /// Applied sequence number of `shard`; 0 for a shard never seen.

@@ -113,9 +113,22 @@ impl LiveShard {
     }
 
     /// Runs a sled change, then applies its result to the matrix.
+    ///
+    /// A change whose write failed (full or read-only disk: sled applied it
+    /// in memory and its flush failed) may be in sled or not: the matrix is
+    /// then rebuilt from what sled holds, so matching never differs from
+    /// what the next change builds on. If even that read fails, the matrix
+    /// is emptied: a gallery that cannot be read grants no one.
     fn change<T>(&self, commit: impl FnOnce(&Store) -> Result<(T, Changes), StoreError>) -> Result<T, StoreError> {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let (outcome, changes) = commit(&self.store)?;
+        let (outcome, changes) = match commit(&self.store) {
+            Ok(done) => done,
+            Err(error @ (StoreError::Write { .. } | StoreError::Corrupt { .. })) => {
+                self.reload_view();
+                return Err(error);
+            }
+            Err(error) => return Err(error),
+        };
         if changes.is_empty() {
             return Ok(outcome);
         }
@@ -136,6 +149,28 @@ impl LiveShard {
             }
         }
         Ok(outcome)
+    }
+}
+
+impl LiveShard {
+    /// Rebuilds the matrix from sled (called with the writer lock held).
+    fn reload_view(&self) {
+        let model = self.store.model().clone();
+        let mut gallery = Gallery::new(model.id.clone(), model.dim);
+        let mut identities = HashMap::new();
+        let loaded = self.store.visit_entries(|entry| {
+            insert_entry(&mut gallery, &entry, model.dim)?;
+            identities.insert(entry.record.id.clone(), entry.record);
+            Ok(())
+        });
+        let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
+        match loaded {
+            Ok(()) => *view = GalleryView { gallery, identities },
+            Err(error) => {
+                log::error!(error:% = error; "the gallery cannot be read back after a failed write: matching against an empty gallery until it can");
+                *view = GalleryView { gallery: Gallery::new(model.id, model.dim), identities: HashMap::new() };
+            }
+        }
     }
 }
 

@@ -29,6 +29,7 @@ mod key;
 mod live;
 mod memory;
 mod outbox;
+mod rotation;
 
 use std::collections::BTreeSet;
 
@@ -41,6 +42,7 @@ pub use error::StoreError;
 pub use key::DeviceKey;
 pub use live::{GalleryView, LiveShard, OpenReport};
 pub use memory::MemoryStore;
+pub use rotation::{open_with_key_file, pending_key_path, rotate_key_file};
 
 /// Name of the shard that holds standalone (no server) enrollments. The
 /// server never sends deltas for it; a delta or snapshot naming it is refused.

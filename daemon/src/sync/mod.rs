@@ -1,15 +1,16 @@
 //! Sync with the central server over MQTT (DESIGN.md §5): provisioning
 //! ([`provision`]), the shell around the protocol's device state machine
-//! ([`shell`]) and what it keeps durably in the sync directory ([`state`]).
-//! The kiosk works without it; with it, signed deltas keep the gallery shard
-//! current, the audit outbox drains to the server, and signed freshness
-//! proofs keep the door fresh: a door without one for `max-staleness-secs`
-//! is stale and grants only `offline_access` identities
-//! ([`crate::freshness`]).
+//! ([`shell`]), kept running by [`supervise`], and what it keeps durably in
+//! the sync directory ([`state`]). The kiosk works without it; with it,
+//! signed deltas keep the gallery shard current, the audit outbox drains to
+//! the server, and signed freshness proofs keep the door fresh: a door
+//! without one for `max-staleness-secs` is stale and grants only
+//! `offline_access` identities ([`crate::freshness`]).
 
 pub mod provision;
 pub mod shell;
 pub mod state;
+pub mod supervise;
 
 use std::path::PathBuf;
 

@@ -34,9 +34,10 @@ use super::state::{self, WIPED};
 use crate::freshness::FreshnessGate;
 use crate::kiosk::unix_millis;
 use crate::metrics::Metrics;
-use crate::store::{DeltaOutcome, DeviceKey, GalleryStore, LOCAL_SHARD, LiveShard, SnapshotOutcome, StoreError};
+use crate::store::{DeltaOutcome, GalleryStore, LOCAL_SHARD, LiveShard, SnapshotOutcome, StoreError};
 
 /// Everything the shell needs.
+#[derive(Clone)]
 pub struct SyncContext {
     pub dir: PathBuf,
     pub shard: Arc<LiveShard>,
@@ -97,6 +98,20 @@ fn rustls_pki_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<
     Ok(certs)
 }
 
+/// Whether the server wiped this device (sync then stays off).
+pub fn is_wiped(dir: &Path) -> bool {
+    dir.join(WIPED).exists()
+}
+
+/// Aborts the event-loop task when `run` returns, by any path.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn qos1() -> QoS {
     QoS::AtLeastOnce
 }
@@ -142,14 +157,19 @@ async fn pump(mut events: EventLoop, forward: mpsc::Sender<Incoming>, shutdown: 
     }
 }
 
-/// Runs sync until `shutdown`. Errors only on setup (unprovisioned,
-/// unreadable certificates); a lost broker is retried forever.
+/// Runs sync until `shutdown` (or a wipe). Errors on setup (unprovisioned,
+/// unreadable certificates) and on any store or file error while carrying
+/// out an action; [`super::supervise`] restarts it. A lost broker is
+/// retried forever.
 pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
-    let provisioned = Provisioned::load(&ctx.dir)?;
-    if ctx.dir.join(WIPED).exists() {
+    if is_wiped(&ctx.dir) {
         log::warn!(dir:% = ctx.dir.display(); "this device was wiped by the server: sync stays off until it is provisioned again");
+        // The marker is written after the shards are emptied; emptying again
+        // is idempotent and covers a marker written by an older build first.
+        empty_synced_shards(&ctx).await?;
         return Ok(());
     }
+    let provisioned = Provisioned::load(&ctx.dir)?;
     let (device, provisioned_shards, provisioned_keys) = provisioned.check()?;
     let signer = state::load_signing_key(&ctx.dir)?;
     let keys = state::read_trusted_keys(&ctx.dir)?.unwrap_or(provisioned_keys);
@@ -203,7 +223,7 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
     }
     let (client, events) = AsyncClient::new(options, 256);
     let (forward, mut incoming) = mpsc::channel(256);
-    tokio::spawn(pump(events, forward, Arc::clone(&ctx.shutdown)));
+    let _pump = AbortOnDrop(tokio::spawn(pump(events, forward, Arc::clone(&ctx.shutdown))));
     log::info!(device = device.as_str(), broker = format!("{}:{}", provisioned.mqtt.host, provisioned.mqtt.port).as_str(); "sync starting");
 
     // Topics of shards purged at start: a persistent session may still hold them.
@@ -507,35 +527,37 @@ async fn run_command(ctx: &SyncContext, command: Command) -> Result<(), SyncErro
         Command::Resync => log::info!("resync ordered by the server"),
         Command::Wipe => {
             log::warn!("wipe ordered by the server: emptying every synced shard");
-            let store = Arc::clone(&ctx.shard);
-            blocking(move || {
-                for progress in store.shards()? {
-                    if progress.shard.as_str() != crate::store::LOCAL_SHARD {
-                        store.apply_snapshot(&progress.shard, progress.seq, &[])?;
-                    }
-                }
-                Ok(())
-            })
-            .await?;
-            update_gallery_metrics(ctx);
-            // Only once the gallery is empty: a crash before this wipes again.
+            // Shards first, marker last: a failure in between leaves an
+            // empty gallery or a retry, never a marker over a full gallery.
+            empty_synced_shards(ctx).await?;
             state::write_atomically(&ctx.dir, WIPED, b"wiped by the server\n")?;
         }
         Command::RotateKey => {
             let store = Arc::clone(&ctx.shard);
             let key_path = ctx.key_path.clone();
-            blocking(move || {
-                let fresh = key_path.with_extension("new");
-                let _ = std::fs::remove_file(&fresh);
-                let key = DeviceKey::generate(&fresh)?;
-                store.store().rotate_key(key)?;
-                std::fs::rename(&fresh, &key_path)
-                    .map_err(|source| StoreError::KeyCreate { path: key_path.clone(), source })?;
-                log::info!("device key rotated");
-                Ok(())
-            })
-            .await?;
+            blocking(move || crate::store::rotate_key_file(store.store(), &key_path)).await?;
+            log::info!("device key rotated");
         }
     }
     Ok(())
 }
+
+/// Empties every shard but the local one, each in one flushed transaction.
+async fn empty_synced_shards(ctx: &SyncContext) -> Result<(), SyncError> {
+    let store = Arc::clone(&ctx.shard);
+    let emptied = blocking(move || {
+        for progress in store.shards()? {
+            if progress.shard.as_str() != crate::store::LOCAL_SHARD {
+                store.apply_snapshot(&progress.shard, progress.seq, &[])?;
+            }
+        }
+        Ok(())
+    })
+    .await;
+    update_gallery_metrics(ctx);
+    emptied
+}
+
+#[cfg(test)]
+#[path = "shell_tests.rs"]
+mod tests;
