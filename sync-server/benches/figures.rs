@@ -88,6 +88,7 @@ async fn seed_audit(store: &Store, n: usize) {
             let events = (seq..end)
                 .map(|s| AuditEvent {
                     device: device.clone(),
+                    epoch: 0,
                     seq: s,
                     at: 1_700_000_000_000 + (s as i64) * 60_000 + d as i64,
                     decision: decisions[(s as usize + d) % decisions.len()],

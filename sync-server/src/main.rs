@@ -69,6 +69,9 @@ enum Command {
     /// Manage kiosks.
     #[command(subcommand)]
     Devices(DevicesCommand),
+    /// Sync administration: log epochs, signing-key rollover.
+    #[command(subcommand)]
+    Sync(SyncCommand),
     /// Write a mosquitto configuration for this site into a directory: TLS
     /// with client certificates from the device CA and a per-device ACL
     /// from the database (revoked devices left out). Rerun when devices or
@@ -105,6 +108,26 @@ enum DevicesCommand {
         /// The admin API's address, written into the printed provisioning command.
         #[arg(long)]
         server_url: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SyncCommand {
+    /// Start a new log epoch: run after restoring the database from a
+    /// backup. Every device then forgets its synced shards and fetches them
+    /// anew (the restored log may be behind what devices applied); the
+    /// recorded applied seqs of every device are forgotten. Prints JSON.
+    NewEpoch,
+    /// Replace the delta-signing key without provisioning devices again:
+    /// `signing.pk8` becomes `signing.previous.pk8` and a new `signing.pk8`
+    /// is made in `[sync] state-dir`. Copy both to every replica and restart
+    /// them; devices that still trust the previous key are sent a rollover
+    /// signed by it. Prints JSON.
+    RotateSigningKey {
+        /// Replace an existing `signing.previous.pk8` (devices still
+        /// trusting it must then be provisioned again).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -225,6 +248,8 @@ async fn run(command: Command, config_path: Option<PathBuf>) -> anyhow::Result<E
             devices_add(config_path, id, groups, name, token_ttl_secs, server_url).await
         }
         Command::Mosquitto { out, listen, user } => mosquitto_files(config_path, out, listen, user).await,
+        Command::Sync(SyncCommand::NewEpoch) => new_epoch(config_path).await,
+        Command::Sync(SyncCommand::RotateSigningKey { force }) => rotate_signing_key(config_path, force),
         Command::Config(_) => Ok(ExitCode::SUCCESS),
     }
 }
@@ -542,4 +567,45 @@ async fn mosquitto_files(
         })
     );
     Ok(ExitCode::SUCCESS)
+}
+
+async fn new_epoch(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path.as_ref())?;
+    let store = connect_store(&config).await?;
+    let (old, new) = store.start_new_epoch("command-line").await.map_err(AppError::from)?;
+    let record = facegate_sync_server::engine::action(
+        &Actor { name: "command-line".into(), role: Role::Admin },
+        "sync.new-epoch",
+        None,
+        "ok",
+        mongodb::bson::doc! { "old": old.to_string(), "new": new.to_string() },
+    );
+    store.record_action(&record).await.map_err(AppError::from)?;
+    log::warn!(old, new; "a new log epoch started: every device fetches its shards anew");
+    println!("{}", serde_json::json!({ "old_epoch": old, "epoch": new }));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rotate_signing_key(config_path: Option<PathBuf>, force: bool) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path.as_ref())?;
+    let dir = &config.sync.state_dir;
+    match sync::pki::rotate_signing_key(dir, force) {
+        Ok(rollover) => {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "previous_key_id": rollover.previous.to_string(),
+                    "key_id": rollover.current.to_string(),
+                    "state_dir": dir,
+                    "next": "copy signing.pk8 and signing.previous.pk8 to every replica's state directory, then restart them",
+                })
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ sync::pki::PkiError::PreviousKeyKept(_)) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(exit::DATA))
+        }
+        Err(e) => Err(e.into()),
+    }
 }

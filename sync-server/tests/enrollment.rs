@@ -205,6 +205,7 @@ async fn audit_batches_are_stored_once_however_often_they_are_replayed() {
     let device = DeviceId::new("door-9").unwrap();
     let event = |seq: u64, decision| AuditEvent {
         device: device.clone(),
+        epoch: 0,
         seq,
         at: 1_700_000_000_000 + seq as i64,
         decision,

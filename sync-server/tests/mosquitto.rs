@@ -177,7 +177,11 @@ async fn mosquitto_refuses_certless_and_revoked_clients_and_keeps_devices_to_the
     let token_hash =
         facegate_sync_server::crypto::hex(ring::digest::digest(&ring::digest::SHA256, tokens[2].as_bytes()).as_ref());
     let hex_serial = facegate_sync_server::crypto::hex(&serial);
-    store.redeem_provisioning_token(&token_hash, &hex_serial).await.unwrap().expect("kiosk-c's token");
+    store
+        .redeem_provisioning_token(&token_hash, &hex_serial, c_key.public_key_raw())
+        .await
+        .unwrap()
+        .expect("kiosk-c's token");
     let c_cert = pki.issue_device_certificate(&c, &csr.pem().unwrap(), 1, &serial).unwrap();
     let c_files = dir.path().join("kiosk-c");
     std::fs::create_dir_all(&c_files).unwrap();

@@ -61,6 +61,10 @@ fn device_view(d: &DeviceDoc, heads: &HashMap<String, u64>, commands: Option<&[C
         "model_id": d.model_id,
         "software_version": d.software_version,
         "shards": shards,
+        "assignment_version": d.assignment_version,
+        "assignment_pending": d.assignment_pending,
+        "reported_assignment": d.reported_assignment,
+        "trusted_key": d.trusted_key,
     });
     if let (Some(o), Some(commands)) = (view.as_object_mut(), commands) {
         o.insert("commands".into(), commands.iter().map(command_view).collect());

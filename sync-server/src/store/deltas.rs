@@ -124,7 +124,8 @@ impl Store {
     }
 
     /// The deltas of `shard` after `after_seq`, at most `limit` entries, as a
-    /// [`DeltaBatch`] from `after_seq` to the last entry read. `None` when
+    /// [`DeltaBatch`] of the current log epoch from `after_seq` to the last
+    /// entry read. `None` when
     /// there is nothing new. A device at `after_seq` applies it as is.
     pub async fn read_deltas_after(
         &self,
@@ -132,13 +133,17 @@ impl Store {
         after_seq: u64,
         limit: usize,
     ) -> Result<Option<DeltaBatch>, StoreError> {
+        // No entry follows the largest seq there can be.
+        let Some(first) = i64::try_from(after_seq).ok().and_then(|a| a.checked_add(1)) else {
+            return Ok(None);
+        };
         let entries = self.delta_entries_after(shard.as_str(), after_seq, limit).await?;
         // The log must be contiguous from after_seq: a hole means a writer
         // has not committed yet (cannot happen with the counter in the
         // transaction, but never hand a device a batch with a hole).
         let contiguous: Vec<&DeltaDoc> = entries
             .iter()
-            .zip(after_seq as i64 + 1..)
+            .zip(first..)
             .take_while(|(entry, expected)| entry.seq == *expected)
             .map(|(entry, _)| entry)
             .collect();
@@ -165,7 +170,8 @@ impl Store {
         if ops.is_empty() {
             return Ok(None);
         }
-        Ok(Some(DeltaBatch { shard: shard.clone(), base_seq: after_seq, seq: last as u64, ops }))
+        let epoch = self.log_epoch().await?;
+        Ok(Some(DeltaBatch { shard: shard.clone(), epoch, base_seq: after_seq, seq: last as u64, ops }))
     }
 
     /// Whether an `Upsert` entry was read before the state it announces:
@@ -354,6 +360,8 @@ pub fn record(i: &IdentityDoc) -> Result<IdentityRecord, StoreError> {
         valid_from: i.valid_from.map(|ms| ms / 1000),
         valid_until: i.valid_until.map(|ms| ms / 1000),
         version: i.version.max(0) as u64,
+        // No identity is marked for offline access centrally yet.
+        offline_access: false,
     })
 }
 

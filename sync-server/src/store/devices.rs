@@ -40,6 +40,13 @@ impl DeviceDoc {
             online: false,
             model_id: None,
             software_version: None,
+            public_key: None,
+            assignment_version: 0,
+            assignment_pending: false,
+            dropped: Document::new(),
+            reported_assignment: None,
+            reported_shards: None,
+            trusted_key: None,
         };
         Ok((device, token))
     }
@@ -86,30 +93,87 @@ impl Store {
         Ok(self.devices().find(doc! {}).sort(doc! { "_id": 1 }).await?.try_collect().await?)
     }
 
-    /// Replaces a device's groups.
+    /// Replaces a device's groups and raises its assignment version in the
+    /// same transaction; the publisher then pushes the signed assignment.
+    /// Shards taken away are remembered with that version (the device held
+    /// their people until it acknowledges the purge, see
+    /// [`Store::erasure_acks`]) and their applied seqs forgotten.
     pub async fn assign_device_groups(
         &self,
         id: &str,
         groups: &[String],
         action: &AdminActionDoc,
     ) -> Result<DeviceDoc, StoreError> {
-        in_transaction!(self, |session| async {
+        in_transaction!(self, |session| {
+            async {
             for g in groups {
                 if self.groups().find_one(doc! { "_id": g }).session(&mut *session).await?.is_none() {
                     return Err(StoreError::NotFound { what: "group", id: g.clone() });
                 }
             }
+            let before = self
+                .devices()
+                .find_one_and_update(
+                    doc! { "_id": id },
+                    doc! { "$set": { "groups": groups.to_vec(), "assignment_pending": true }, "$inc": { "assignment_version": 1_i64 } },
+                )
+                .return_document(ReturnDocument::Before)
+                .session(&mut *session)
+                .await?
+                .ok_or_else(|| StoreError::NotFound { what: "device", id: id.to_string() })?;
+            let version = before.assignment_version.saturating_add(1);
+            let mut set = Document::new();
+            let mut unset = Document::new();
+            for shard in before.groups.iter().filter(|g| !groups.contains(g)) {
+                set.insert(format!("dropped.{shard}"), version);
+                unset.insert(format!("applied.{shard}"), "");
+            }
+            for shard in groups.iter().filter(|g| !before.groups.contains(g)) {
+                unset.insert(format!("dropped.{shard}"), "");
+            }
+            let mut update = Document::new();
+            if !set.is_empty() {
+                update.insert("$set", set);
+            }
+            if !unset.is_empty() {
+                update.insert("$unset", unset);
+            }
+            if !update.is_empty() {
+                self.devices().update_one(doc! { "_id": id }, update).session(&mut *session).await?;
+            }
             let updated = self
                 .devices()
-                .find_one_and_update(doc! { "_id": id }, doc! { "$set": { "groups": groups.to_vec() } })
-                .return_document(ReturnDocument::After)
+                .find_one(doc! { "_id": id })
                 .session(&mut *session)
                 .await?
                 .ok_or_else(|| StoreError::NotFound { what: "device", id: id.to_string() })?;
             self.record_action_in(session, action).await?;
             Ok(updated)
         }
-        .await)
+        .await
+        })
+    }
+
+    /// Active devices whose current assignment has not been pushed yet.
+    pub async fn pending_assignments(&self, limit: i64) -> Result<Vec<DeviceDoc>, StoreError> {
+        Ok(self
+            .devices()
+            .find(doc! { "assignment_pending": true, "state": "active" })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// Assignment `version` of `device` was pushed (a later change stays pending).
+    pub async fn assignment_pushed(&self, device: &str, version: i64) -> Result<(), StoreError> {
+        self.devices()
+            .update_one(
+                doc! { "_id": device, "assignment_version": version },
+                doc! { "$set": { "assignment_pending": false } },
+            )
+            .await?;
+        Ok(())
     }
 
     /// Revokes a device: its token is void and the sync refuses it.
@@ -135,12 +199,15 @@ impl Store {
 
     /// Uses a one-time provisioning token (by its SHA-256): the pending device
     /// it belongs to becomes active, the token is void, and `serial` (hex)
-    /// is recorded as its certificate's. `None` for an unknown, used
+    /// is recorded as its certificate's, `public_key` (the uncompressed
+    /// P-256 point the certificate certifies) as the key its uplinks verify
+    /// with. `None` for an unknown, used
     /// or expired token.
     pub async fn redeem_provisioning_token(
         &self,
         token_hash: &str,
         serial: &str,
+        public_key: &[u8],
     ) -> Result<Option<DeviceDoc>, StoreError> {
         let now = now_millis();
         Ok(self
@@ -149,6 +216,7 @@ impl Store {
                 doc! { "token_hash": token_hash, "state": "pending", "token_expires_at": { "$gt": now } },
                 doc! { "$set": {
                     "state": "active", "provisioned_at": now, "token_hash": null, "certificate_serial": serial,
+                    "public_key": super::binary(public_key.to_vec()),
                 } },
             )
             .return_document(ReturnDocument::After)
@@ -218,29 +286,77 @@ impl Store {
         Ok(())
     }
 
-    /// For a forgotten identity: every device assigned to a shard that had
-    /// the person, and whether it has applied the `Remove`.
+    /// Records what a device's signed status says about its sync: the
+    /// assignment version it serves, the shards it lists, the central key it
+    /// trusts.
+    pub async fn record_device_sync_report(
+        &self,
+        device: &str,
+        assignment: u64,
+        shards: &[String],
+        trusted_key: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut set = Document::new();
+        set.insert("reported_assignment", i64::try_from(assignment).unwrap_or(i64::MAX));
+        set.insert("reported_shards", shards.to_vec());
+        if let Some(key) = trusted_key {
+            set.insert("trusted_key", key);
+        }
+        self.devices().update_one(doc! { "_id": device }, doc! { "$set": set }).await?;
+        Ok(())
+    }
+
+    /// For a forgotten identity: every device that held a shard that had
+    /// the person — assigned to it now, or since taken off it — and whether
+    /// it has forgotten them: applied the `Remove`, or (taken off the
+    /// shard) acknowledged the purge, its status showing the assignment
+    /// version that dropped the shard and no longer listing it.
     pub async fn erasure_acks(&self, identity: &str) -> Result<Option<Vec<ErasureAck>>, StoreError> {
         let Some(erasure) = self.erasure(identity).await? else {
             return Ok(None);
         };
         let mut acks = Vec::new();
         for s in &erasure.shards {
-            let devices: Vec<DeviceDoc> =
-                self.devices().find(doc! { "groups": &s.shard }).sort(doc! { "_id": 1 }).await?.try_collect().await?;
+            let mut dropped = Document::new();
+            dropped.insert(format!("dropped.{}", s.shard), doc! { "$exists": true });
+            let devices: Vec<DeviceDoc> = self
+                .devices()
+                .find(doc! { "$or": [ { "groups": &s.shard }, dropped ] })
+                .sort(doc! { "_id": 1 })
+                .await?
+                .try_collect()
+                .await?;
             for d in devices {
-                let applied =
-                    d.applied.get_i64(&s.shard).ok().or_else(|| d.applied.get_i32(&s.shard).ok().map(i64::from));
+                let (applied, forgotten) = if d.groups.contains(&s.shard) {
+                    let applied = int(&d.applied, &s.shard);
+                    (applied, applied.is_some_and(|a| a >= s.seq))
+                } else {
+                    (None, purge_acknowledged(&d, &s.shard))
+                };
                 acks.push(ErasureAck {
                     device: d.id.clone(),
                     shard: s.shard.clone(),
                     remove_seq: s.seq,
                     applied,
-                    forgotten: applied.is_some_and(|a| a >= s.seq),
+                    forgotten,
                     revoked: d.state == DeviceState::Revoked,
                 });
             }
         }
         Ok(Some(acks))
     }
+}
+
+fn int(d: &Document, key: &str) -> Option<i64> {
+    d.get_i64(key).ok().or_else(|| d.get_i32(key).ok().map(i64::from))
+}
+
+/// Whether `device`, taken off `shard`, has reported serving the assignment
+/// that dropped it (or a later one) without the shard.
+pub fn purge_acknowledged(device: &DeviceDoc, shard: &str) -> bool {
+    let Some(dropped_at) = int(&device.dropped, shard) else {
+        return false;
+    };
+    let listed = device.reported_shards.as_ref().is_none_or(|shards| shards.iter().any(|s| s == shard));
+    device.reported_assignment.is_some_and(|v| v >= dropped_at) && !listed
 }

@@ -96,6 +96,31 @@ pub struct DeviceDoc {
     pub online: bool,
     pub model_id: Option<String>,
     pub software_version: Option<String>,
+    /// The uncompressed P-256 point (65 bytes) of the key its certificate
+    /// certifies, recorded at provisioning: its uplinks must verify with it.
+    #[serde(default)]
+    pub public_key: Option<Binary>,
+    /// Increases with every change of `groups`, in the same update: the
+    /// version of the signed `Assignment` the device is sent.
+    #[serde(default)]
+    pub assignment_version: i64,
+    /// The current assignment has not been pushed to the device yet.
+    #[serde(default)]
+    pub assignment_pending: bool,
+    /// Shard → the assignment version that took it away from the device:
+    /// the device held its people, and counts as having forgotten them once
+    /// its status shows that version and no longer lists the shard.
+    #[serde(default)]
+    pub dropped: Document,
+    /// From its latest status: the assignment version it serves…
+    #[serde(default)]
+    pub reported_assignment: Option<i64>,
+    /// …the shards it lists…
+    #[serde(default)]
+    pub reported_shards: Option<Vec<String>>,
+    /// …and the central signing key it trusts (hex key id).
+    #[serde(default)]
+    pub trusted_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,10 +178,13 @@ pub struct StageMillisDoc {
 /// A door decision, as received from a kiosk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditDoc {
-    /// `"{device}:{seq}"`.
+    /// `"{device}:{seq:020}"` (outbox epoch 0), `"{device}:{epoch:020}:{seq:020}"`.
     #[serde(rename = "_id")]
     pub id: String,
     pub device: String,
+    /// The device's outbox epoch (0: from before epochs).
+    #[serde(default)]
+    pub epoch: i64,
     pub seq: i64,
     pub at: i64,
     pub decision: String,

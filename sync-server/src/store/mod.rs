@@ -6,13 +6,16 @@
 //! | `templates` | one template per usable photo, tagged with `model_id` | `_id`; `(model_id, identity)` |
 //! | `photos` | enrollment photos, AES-256-GCM sealed | `_id`; `identity` |
 //! | `groups` | gallery shards: the people allowed at a set of doors | `_id` = shard id |
-//! | `devices` | kiosks: state, groups, applied seq per shard | `_id` = device id; `groups` |
+//! | `devices` | kiosks: state, groups, uplink key, assignment version, shards taken away, applied seq per shard | `_id` = device id; `groups`; `assignment_pending` |
 //! | `deltas` | per-shard delta log (`Upsert`/`Remove` of an identity) | unique `(shard, seq)`; `identity` |
 //! | `changes` | global change log the master index follows | `_id` = seq |
-//! | `audit` | door decisions from kiosks | unique `(device, seq)`; `(at)`, `(device, at)`, `(identity, at)`, `(decision, at)` |
+//! | `audit` | door decisions from kiosks | unique `(device, epoch, seq)`; `(at)`, `(device, at)`, `(identity, at)`, `(decision, at)` |
 //! | `admin_actions` | every administrative action | `(at)`, `(actor, at)` |
 //! | `users` | administrators, operators, auditors (argon2) | `_id` = user name |
 //! | `erasures` | forgotten identities: which shard seq removed them | `_id` = identity id |
+//! | `audit_conflicts` | audit events that reused a stored key with other content | `_id` = key and fingerprint |
+//! | `sync_meta` | the log epoch | `_id` = `"epoch"` |
+//! | `sync_leases` | the delta-publisher lease | `_id` = lease name |
 //! | `counters` | sequence numbers (`findOneAndUpdate($inc)`) | `_id` = counter name |
 //! | `meta` | schema version | `_id` = `"schema"` |
 //!
@@ -37,12 +40,15 @@ pub mod deltas;
 pub mod devices;
 pub mod docs;
 pub mod identities;
+pub mod lease;
+pub mod sync_meta;
 pub mod users;
 
 pub use docs::*;
 
 /// Version of the collection layout this code writes.
-pub const SCHEMA_VERSION: i64 = 1;
+/// 2: audit events keyed by `(device, epoch, seq)`.
+pub const SCHEMA_VERSION: i64 = 2;
 /// Counter of the global change log.
 pub const CHANGES_COUNTER: &str = "changes";
 /// Attempts of a transaction that keeps failing with transient errors.
@@ -357,10 +363,12 @@ impl Store {
         self.photos().create_index(index(doc! { "identity": 1 }, "identity", false)).await?;
         self.devices().create_index(index(doc! { "groups": 1 }, "groups", false)).await?;
         self.devices().create_index(index(doc! { "token_hash": 1 }, "token_hash", false)).await?;
+        self.devices().create_index(index(doc! { "assignment_pending": 1 }, "assignment_pending", false)).await?;
         self.deltas().create_index(index(doc! { "shard": 1, "seq": 1 }, "shard_seq", true)).await?;
         self.deltas().create_index(index(doc! { "identity": 1 }, "identity", false)).await?;
         self.deltas().create_index(index(doc! { "shard": 1, "at": 1 }, "shard_at", false)).await?;
-        self.audit().create_index(index(doc! { "device": 1, "seq": 1 }, "device_seq", true)).await?;
+        self.migrate_audit_keys().await?;
+        self.audit().create_index(index(doc! { "device": 1, "epoch": 1, "seq": 1 }, "device_epoch_seq", true)).await?;
         self.audit().create_index(index(doc! { "at": -1 }, "at", false)).await?;
         self.audit().create_index(index(doc! { "device": 1, "at": -1 }, "device_at", false)).await?;
         self.audit().create_index(index(doc! { "identity": 1, "at": -1 }, "identity_at", false)).await?;

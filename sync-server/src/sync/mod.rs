@@ -8,9 +8,10 @@
 //!   the shard list out.
 //! - [`broker`]: the embedded `rumqttd` (demo, one box).
 //! - [`service`]: the MQTT client every replica runs: device uplinks through
-//!   a shared subscription into [`facegate_protocol::sync::server::ServerSync`],
-//!   its actions carried out against MongoDB, and the delta log published
-//!   as signed batches (one publisher at a time, by a lease in MongoDB).
+//!   a shared subscription into [`facegate_protocol::sync::server::ServerSync`]
+//!   (verified against each device's key), its actions carried out against
+//!   MongoDB, and the delta log and changed assignments published as signed
+//!   messages (one publisher at a time, by a lease in MongoDB).
 //! - [`mosquitto`]: a mosquitto configuration and per-device ACL for sites.
 //!
 //! # Limits of the embedded broker
@@ -32,9 +33,12 @@ use serde::{Deserialize, Serialize};
 use crate::config::ConfigError;
 
 pub mod broker;
+mod connection;
+mod handler;
 pub mod mosquitto;
 pub mod pki;
 pub mod provision;
+mod publisher;
 pub mod service;
 
 /// Which broker the sync service talks to.

@@ -7,7 +7,20 @@
 //! | `mqtt-server.pem`, `mqtt-server.key` | the broker's TLS certificate (DNS names: `localhost`, the broker host, configured names) |
 //! | `server-client.pem`, `server-client.key` | this server's own MQTT client certificate (CN [`SERVER_IDENTITY`]) |
 //! | `signing.pk8` | the Ed25519 key every server → device payload is signed with (PKCS#8) |
+//! | `signing.previous.pk8` | after a rollover ([`rotate_signing_key`]): the key devices provisioned before it still trust |
 //!
+//! # Signing-key rollover
+//!
+//! `facegate-sync-server sync rotate-signing-key --config …` moves
+//! `signing.pk8` to `signing.previous.pk8` and makes a new `signing.pk8`;
+//! copy both to every replica's state directory and restart the replicas.
+//! They then sign with the new key and send every device whose status says
+//! it still trusts the previous key a `KeyRollover` naming the new one,
+//! signed by the previous key (which the device trusts), so no device is
+//! provisioned again. Keep `signing.previous.pk8` until every device's
+//! status shows the new key id (`GET /v1/devices`, `trusted_key`); a second
+//! rotation before then needs `--force` and leaves the devices still on the
+//! oldest key to be provisioned again.
 //! Private keys are written mode 0400, each file atomically (a replica
 //! racing another on first start keeps whichever key landed first).
 
@@ -49,6 +62,8 @@ pub enum PkiError {
     CsrTooLarge(usize),
     #[error("the system random generator failed")]
     Random,
+    #[error("{0} exists: devices may still trust that key (pass --force to drop it)")]
+    PreviousKeyKept(PathBuf),
 }
 
 /// Largest CSR accepted, in bytes of PEM.
@@ -61,6 +76,8 @@ pub struct Pki {
     issuer: Issuer<'static, KeyPair>,
     signing_pkcs8: Vec<u8>,
     signing_public: facegate_protocol::PublicKey,
+    /// The key before the last rollover, while it is kept.
+    previous_pkcs8: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Pki {
@@ -105,7 +122,18 @@ impl Pki {
             .map_err(|e| PkiError::Corrupt { path: signing_path.clone(), message: e.to_string() })?
             .public_key();
 
-        let pki = Self { dir: dir.to_path_buf(), ca_pem, issuer, signing_pkcs8, signing_public };
+        let previous_path = dir.join(PREVIOUS_SIGNING_KEY);
+        let previous_pkcs8 = match std::fs::read(&previous_path) {
+            Ok(bytes) => {
+                SigningKey::from_pkcs8(&bytes)
+                    .map_err(|e| PkiError::Corrupt { path: previous_path.clone(), message: e.to_string() })?;
+                Some(bytes)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Err(PkiError::Io { path: previous_path, source }),
+        };
+
+        let pki = Self { dir: dir.to_path_buf(), ca_pem, issuer, signing_pkcs8, signing_public, previous_pkcs8 };
         let mut names = vec!["localhost".to_string()];
         for n in server_names {
             if !names.contains(n) {
@@ -167,6 +195,11 @@ impl Pki {
 
     pub fn signing_public_key(&self) -> &facegate_protocol::PublicKey {
         &self.signing_public
+    }
+
+    /// The signing key before the last rollover, while it is kept.
+    pub fn previous_signing_key(&self) -> Result<Option<SigningKey>, PkiError> {
+        Ok(self.previous_pkcs8.as_deref().map(SigningKey::from_pkcs8).transpose()?)
     }
 
     /// Certifies the key of `csr_pem` as `device` (CN = the device id, client
@@ -238,6 +271,50 @@ impl Pki {
             names.iter().map(|n| n.as_str().try_into().map(SanType::DnsName)).collect::<Result<_, rcgen::Error>>()?;
         Ok(CertifiedKeyPem { cert_pem: params.signed_by(&key, &self.issuer)?.pem(), key_pem: key.serialize_pem() })
     }
+}
+
+/// File name of the signing key kept after a rollover.
+pub const PREVIOUS_SIGNING_KEY: &str = "signing.previous.pk8";
+
+/// The key ids of a rollover: the previous key and the new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rollover {
+    pub previous: facegate_protocol::KeyId,
+    pub current: facegate_protocol::KeyId,
+}
+
+/// Replaces the signing key in `dir`: `signing.pk8` becomes
+/// `signing.previous.pk8` and a new `signing.pk8` is made (see the module
+/// documentation). Refuses while a previous key is kept, unless `force`.
+/// Not safe against a concurrent rotation in the same directory.
+pub fn rotate_signing_key(dir: &Path, force: bool) -> Result<Rollover, PkiError> {
+    let current_path = dir.join("signing.pk8");
+    let previous_path = dir.join(PREVIOUS_SIGNING_KEY);
+    if previous_path.exists() && !force {
+        return Err(PkiError::PreviousKeyKept(previous_path));
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PkiError::Io { path, source }
+    };
+    let current = std::fs::read(&current_path).map_err(io(&current_path))?;
+    let previous = SigningKey::from_pkcs8(&current)
+        .map_err(|e| PkiError::Corrupt { path: current_path.clone(), message: e.to_string() })?;
+    // The new key under a temporary name first, then the old one moved
+    // aside (a link, so `signing.pk8` never goes missing), then the new one
+    // into place.
+    let fresh_path = dir.join(format!("signing.pk8.new{}", std::process::id()));
+    let _ = std::fs::remove_file(&fresh_path);
+    write_once(&fresh_path, 0o400, || Ok(SigningKey::generate_pkcs8()?))?;
+    let fresh = std::fs::read(&fresh_path).map_err(io(&fresh_path))?;
+    let key = SigningKey::from_pkcs8(&fresh)
+        .map_err(|e| PkiError::Corrupt { path: fresh_path.clone(), message: e.to_string() })?;
+    let aside = dir.join(format!("signing.previous.pk8.tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&aside);
+    std::fs::hard_link(&current_path, &aside).map_err(io(&aside))?;
+    std::fs::rename(&aside, &previous_path).map_err(io(&previous_path))?;
+    std::fs::rename(&fresh_path, &current_path).map_err(io(&current_path))?;
+    Ok(Rollover { previous: previous.key_id(), current: key.key_id() })
 }
 
 /// Parses and verifies a PEM certificate signing request.
@@ -404,6 +481,26 @@ mod tests {
             assert_eq!(mode, 0o400, "{f}");
         }
         assert!(matches!(pki.issue_device_certificate(&device, "garbage", 30, &serial), Err(PkiError::BadCsr(_))));
+    }
+
+    #[test]
+    fn a_rotation_keeps_the_old_key_as_previous_and_refuses_to_drop_it_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
+        assert!(pki.previous_signing_key().unwrap().is_none());
+        let old = pki.signing_public_key().key_id();
+        let rollover = rotate_signing_key(dir.path(), false).unwrap();
+        assert_eq!(rollover.previous, old);
+        assert_ne!(rollover.current, old);
+        let again = Pki::load_or_create(dir.path(), &[]).unwrap();
+        assert_eq!(again.signing_public_key().key_id(), rollover.current);
+        assert_eq!(again.previous_signing_key().unwrap().unwrap().key_id(), old);
+        assert!(matches!(rotate_signing_key(dir.path(), false), Err(PkiError::PreviousKeyKept(_))));
+        let second = rotate_signing_key(dir.path(), true).unwrap();
+        assert_eq!(second.previous, rollover.current);
+        let names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        assert!(names.iter().all(|n| !n.contains(".tmp") && !n.contains(".new")), "{names:?}");
     }
 
     #[test]

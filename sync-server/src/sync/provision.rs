@@ -5,11 +5,15 @@
 //!
 //! Answer 200 (JSON):
 //! `{"device_id", "certificate_pem", "ca_pem", "mqtt": {"host", "port", "tls"},
-//! "signing_keys": [{"key_id", "public_key_hex"}], "shards": [...]}` —
+//! "signing_keys": [{"key_id", "public_key_hex"}], "shards": [...], "assignment_version"}` —
 //! `certificate_pem` certifies the CSR's key with CN = the device id (the
 //! subject and names the CSR asks for are ignored); `ca_pem` signed both it
 //! and the broker's certificate; `key_id` is [`facegate_protocol::KeyId`]
 //! (hex of the first 8 bytes of SHA-256 of the public key).
+//!
+//! The CSR's key must be ECDSA P-256: the device signs its uplinks with it,
+//! and its public point is recorded with the device so the sync service can
+//! verify them.
 //!
 //! The CSR is checked before the token is used, so a bad CSR does not burn
 //! the token. An unknown, used or expired token is 401; nothing is issued.
@@ -65,6 +69,10 @@ pub struct ProvisionResponse {
     pub mqtt: MqttEndpoint,
     pub signing_keys: Vec<SigningKeyInfo>,
     pub shards: Vec<String>,
+    /// The version of that shard list (the device's `Assignment`); later
+    /// changes come as signed `Assignment`s with higher versions.
+    #[serde(default)]
+    pub assignment_version: u64,
 }
 
 /// Why provisioning was refused.
@@ -80,6 +88,8 @@ pub enum ProvisionError {
     BadToken,
     #[error(transparent)]
     Csr(PkiError),
+    #[error("the certificate signing request's key must be ECDSA P-256 (the device signs its uplinks with it)")]
+    CsrKey,
     #[error("the device id {0:?} cannot be used in MQTT topics")]
     BadDeviceId(String),
     #[error("certificate issuance failed: {0}")]
@@ -95,7 +105,7 @@ impl ProvisionError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadToken => StatusCode::UNAUTHORIZED,
-            Self::Csr(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Csr(_) | Self::CsrKey => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BadDeviceId(_) | Self::Pki(_) | Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -105,7 +115,7 @@ impl ProvisionError {
             Self::Disabled => "provisioning-disabled",
             Self::BadRequest(_) | Self::TooLarge => "bad-request",
             Self::BadToken => "bad-provisioning-token",
-            Self::Csr(_) => "bad-csr",
+            Self::Csr(_) | Self::CsrKey => "bad-csr",
             Self::BadDeviceId(_) | Self::Pki(_) | Self::Store(_) => "error",
         }
     }
@@ -145,7 +155,8 @@ pub struct Provisioner {
 impl Provisioner {
     /// Checks the CSR, redeems the token, certifies the key.
     pub async fn provision(&self, request: &ProvisionRequest) -> Result<ProvisionResponse, ProvisionError> {
-        super::pki::parse_csr(&request.csr_pem).map_err(ProvisionError::Csr)?;
+        let csr = super::pki::parse_csr(&request.csr_pem).map_err(ProvisionError::Csr)?;
+        let public_key = device_public_key(&csr)?;
         if request.token.is_empty() || request.token.len() > 256 {
             return Err(ProvisionError::BadToken);
         }
@@ -156,7 +167,7 @@ impl Provisioner {
         let serial = super::pki::new_serial().map_err(ProvisionError::Pki)?;
         let device = self
             .store
-            .redeem_provisioning_token(&token_hash, &crate::crypto::hex(&serial))
+            .redeem_provisioning_token(&token_hash, &crate::crypto::hex(&serial), public_key.as_bytes())
             .await?
             .ok_or(ProvisionError::BadToken)?;
         let device_id = DeviceId::new(device.id.clone()).map_err(|_| ProvisionError::BadDeviceId(device.id.clone()))?;
@@ -176,8 +187,20 @@ impl Provisioner {
                 public_key_hex: crate::crypto::hex(key.as_bytes()),
             }],
             shards: device.groups,
+            assignment_version: u64::try_from(device.assignment_version).unwrap_or(0),
         })
     }
+}
+
+/// The uplink key of a CSR: its P-256 public point.
+pub fn device_public_key(
+    csr: &rcgen::CertificateSigningRequestParams,
+) -> Result<facegate_protocol::DevicePublicKey, ProvisionError> {
+    use rcgen::PublicKeyData;
+    if csr.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+        return Err(ProvisionError::CsrKey);
+    }
+    facegate_protocol::DevicePublicKey::from_point(csr.public_key.der_bytes()).map_err(|_| ProvisionError::CsrKey)
 }
 
 /// The `POST /v1/provision` handler; the [`Provisioner`] comes from an
