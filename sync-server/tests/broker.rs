@@ -216,9 +216,10 @@ async fn a_device_reads_and_writes_only_its_own_topics_and_cannot_take_over_anot
     // The server's identity: subscribes to every uplink, publishes anywhere.
     let mut observer = Client::start("observer", port, server_identity_tls(&runtime, files.path()));
     observer.connected().await;
-    assert_eq!(observer.subscribe(&["facegate/v1/device/+/up", "$share/g/facegate/v1/device/+/status"]).await, [
-        GRANTED, GRANTED
-    ]);
+    assert_eq!(
+        observer.subscribe(&["facegate/v1/device/+/up", "$share/g/facegate/v1/device/+/status"]).await,
+        [GRANTED, GRANTED]
+    );
 
     let mut one = Client::start("door-1", port, door1_tls);
     one.connected().await;
@@ -228,11 +229,10 @@ async fn a_device_reads_and_writes_only_its_own_topics_and_cannot_take_over_anot
     let mut three = Client::start("door-3", port, door3_tls);
     three.connected().await;
     assert_eq!(three.subscribe(&["facegate/v1/#"]).await, [NOT_AUTHORIZED]);
-    assert_eq!(three.subscribe(&["#", "facegate/v1/shard/+/delta", "$share/x/facegate/v1/shard/lobby/delta"]).await, [
-        NOT_AUTHORIZED,
-        NOT_AUTHORIZED,
-        NOT_AUTHORIZED
-    ]);
+    assert_eq!(
+        three.subscribe(&["#", "facegate/v1/shard/+/delta", "$share/x/facegate/v1/shard/lobby/delta"]).await,
+        [NOT_AUTHORIZED, NOT_AUTHORIZED, NOT_AUTHORIZED]
+    );
     let mixed = three
         .subscribe(&[&topics::device_down(&door3), &topics::shard_delta(&lobby), &topics::device_down(&door1)])
         .await;
@@ -280,7 +280,10 @@ async fn a_device_reads_and_writes_only_its_own_topics_and_cannot_take_over_anot
     observer.publish(&topics::device_down(&door1)).await;
     assert_eq!(one.message().await, topics::device_down(&door1));
     let one_saw = one.quiet_for(Duration::from_millis(300)).await;
-    assert!(!one_saw.iter().any(|s| matches!(s, Seen::Error(_) | Seen::Connected)), "door-1 was disturbed: {one_saw:?}");
+    assert!(
+        !one_saw.iter().any(|s| matches!(s, Seen::Error(_) | Seen::Connected)),
+        "door-1 was disturbed: {one_saw:?}"
+    );
 
     // The assignment follows at once, even for a subscription made before:
     // door-3 moved from the lab to the lobby.
@@ -316,10 +319,7 @@ async fn a_device_reads_and_writes_only_its_own_topics_and_cannot_take_over_anot
     drop(posing);
     let mut plain_door = Client::with_options(plain("door-2"));
     plain_door.connected().await;
-    assert_eq!(plain_door.subscribe(&["facegate/v1/#", &topics::shard_delta(&lobby)]).await, [
-        NOT_AUTHORIZED,
-        GRANTED
-    ]);
+    assert_eq!(plain_door.subscribe(&["facegate/v1/#", &topics::shard_delta(&lobby)]).await, [NOT_AUTHORIZED, GRANTED]);
     runtime.service.stop().await;
 }
 
@@ -337,8 +337,7 @@ async fn a_revoked_device_is_cut_off_and_cannot_connect_again_while_the_server_g
     one.connected().await;
     assert_eq!(one.subscribe(&[&topics::device_down(&door)]).await, [GRANTED]);
 
-    let (status, body) =
-        server.json("POST", "/v1/devices/door-1/revoke", &server.token(Role::Admin), json!({})).await;
+    let (status, body) = server.json("POST", "/v1/devices/door-1/revoke", &server.token(Role::Admin), json!({})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // Its open connection is cut within a refresh of the ACL…
     match tokio::time::timeout(Duration::from_secs(10), one.events.recv()).await.unwrap().unwrap() {

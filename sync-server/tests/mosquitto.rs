@@ -285,8 +285,9 @@ async fn mosquitto_refuses_certless_and_revoked_clients_and_keeps_devices_to_the
     // again. `use_username_as_clientid` makes it B's own client id, so A
     // stays connected and keeps receiving.
     for _ in 0..3 {
-        let b_tls = client_tls(&pki.ca_path(), &clients.path().join("kiosk-b.pem"), &clients.path().join("kiosk-b.key"))
-            .unwrap();
+        let b_tls =
+            client_tls(&pki.ca_path(), &clients.path().join("kiosk-b.pem"), &clients.path().join("kiosk-b.key"))
+                .unwrap();
         let (_thief, mut thief_events) = connect("kiosk-a", port, b_tls);
         connected(&mut thief_events).await;
     }

@@ -61,10 +61,8 @@ impl Acl {
         let devices = devices
             .iter()
             .map(|d| {
-                let access = DeviceAccess {
-                    active: d.state == DeviceState::Active,
-                    shards: d.groups.iter().cloned().collect(),
-                };
+                let access =
+                    DeviceAccess { active: d.state == DeviceState::Active, shards: d.groups.iter().cloned().collect() };
                 (d.id.clone(), access)
             })
             .collect();
@@ -103,9 +101,9 @@ impl Acl {
         }
         match identity {
             Identity::Server => under_root(topic),
-            Identity::Device(_) => self
-                .active_device(identity)
-                .is_some_and(|(id, _)| topic == format!("{ROOT}/device/{id}/up") || topic == format!("{ROOT}/device/{id}/status")),
+            Identity::Device(_) => self.active_device(identity).is_some_and(|(id, _)| {
+                topic == format!("{ROOT}/device/{id}/up") || topic == format!("{ROOT}/device/{id}/status")
+            }),
         }
     }
 
@@ -154,10 +152,8 @@ mod tests {
     use super::*;
 
     fn acl() -> Acl {
-        let device = |active, shards: &[&str]| DeviceAccess {
-            active,
-            shards: shards.iter().map(|s| s.to_string()).collect(),
-        };
+        let device =
+            |active, shards: &[&str]| DeviceAccess { active, shards: shards.iter().map(|s| s.to_string()).collect() };
         Acl::of([
             ("door-1".to_string(), device(true, &["lobby"])),
             ("door-3".to_string(), device(true, &["lab"])),

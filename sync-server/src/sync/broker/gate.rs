@@ -130,7 +130,8 @@ impl Gate {
     async fn serve_tls(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
         let _ = tcp.set_nodelay(true);
         let Some(config) = self.tls() else { return };
-        let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_rustls::TlsAcceptor::from(config).accept(tcp)).await;
+        let accepted =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_rustls::TlsAcceptor::from(config).accept(tcp)).await;
         let stream = match accepted {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) if is_revoked(&e) => {
@@ -256,7 +257,8 @@ impl Gate {
                     break;
                 }
             }
-            if let Some(ended) = self.carry_out(session.identity(), actions, &mut client_write, &mut broker_write).await {
+            if let Some(ended) = self.carry_out(session.identity(), actions, &mut client_write, &mut broker_write).await
+            {
                 let _ = client_write.shutdown().await;
                 return ended;
             }
@@ -434,11 +436,10 @@ pub(super) fn server_tls(pki: &Pki, revoked: &[Revoked]) -> Result<Arc<rustls::S
     }
     let crl_pem = pki.revocation_list_pem(revoked).map_err(BrokerError::Revocation)?;
     let crl = CertificateRevocationListDer::from_pem_slice(crl_pem.as_bytes()).map_err(|e| tls("CRL", &e))?;
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-            .with_crls([crl])
-            .build()
-            .map_err(|e| tls("client verifier", &e))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+        .with_crls([crl])
+        .build()
+        .map_err(|e| tls("client verifier", &e))?;
     let (cert_path, key_path) = pki.server_paths();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
         .and_then(|certs| certs.collect::<Result<_, _>>())
@@ -462,9 +463,9 @@ fn common_name(der: &CertificateDer<'_>) -> Option<String> {
 
 /// Whether a failed handshake failed on a revoked client certificate.
 fn is_revoked(e: &std::io::Error) -> bool {
-    e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).is_some_and(|e| {
-        matches!(e, rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked))
-    })
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)))
 }
 
 /// Reads until `buf` holds a whole frame; `None` when the stream ends first.

@@ -80,8 +80,15 @@ impl Refusal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Connect {
     /// Forward `frame` (the CONNECT with the gate's login) to the broker.
-    Accept { session: Session, client_id: String, frame: Bytes },
-    Refuse { refusal: Refusal, client_id: String },
+    Accept {
+        session: Session,
+        client_id: String,
+        frame: Bytes,
+    },
+    Refuse {
+        refusal: Refusal,
+        client_id: String,
+    },
 }
 
 /// Checks a client's first frame. `certificate` is the identity its TLS
@@ -317,7 +324,9 @@ fn encode(packet: &Packet) -> Option<Bytes> {
 mod tests {
     use std::collections::BTreeSet;
 
-    use rumqttc::v5::mqttbytes::v5::{Connect as ConnectPacket, ConnectProperties, Filter, LastWill, Publish, Subscribe};
+    use rumqttc::v5::mqttbytes::v5::{
+        Connect as ConnectPacket, ConnectProperties, Filter, LastWill, Publish, Subscribe,
+    };
 
     use super::super::acl::DeviceAccess;
     use super::*;
@@ -392,7 +401,10 @@ mod tests {
         assert_eq!(refusal(connect_frame("stranger", None), Some(&stranger)), Refusal::NotAllowed);
         assert_eq!(refusal(Bytes::from_static(b"\x10\x02\x00\x00"), Some(&cert)), Refusal::Malformed);
         // Plain listener: the client id is a device's, never the server's.
-        assert!(matches!(check_connect(&connect_frame("door-1", None), None, &acl(), &login()), Connect::Accept { .. }));
+        assert!(matches!(
+            check_connect(&connect_frame("door-1", None), None, &acl(), &login()),
+            Connect::Accept { .. }
+        ));
         let server = crate::sync::pki::SERVER_IDENTITY;
         assert_eq!(refusal(connect_frame(server, None), None), Refusal::NotAllowed);
         // The server's certificate: any client id (one per replica).
@@ -400,11 +412,14 @@ mod tests {
             check_connect(&connect_frame("replica-2", None), Some(&Identity::Server), &acl(), &login()),
             Connect::Accept { .. }
         ));
-        assert_eq!(decode(&Refusal::ClientId.connack()), Some(Packet::ConnAck(ConnAck {
-            session_present: false,
-            code: ConnectReturnCode::ClientIdentifierNotValid,
-            properties: None
-        })));
+        assert_eq!(
+            decode(&Refusal::ClientId.connack()),
+            Some(Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::ClientIdentifierNotValid,
+                properties: None
+            }))
+        );
     }
 
     #[test]
@@ -429,13 +444,14 @@ mod tests {
         let mut s = door("door-1");
         let with_alias = |topic: &str, alias| {
             let mut p = Publish::new(topic, QoS::AtMostOnce, b"x".to_vec(), None);
-            p.properties = Some(rumqttc::v5::mqttbytes::v5::PublishProperties {
-                topic_alias: Some(alias),
-                ..Default::default()
-            });
+            p.properties =
+                Some(rumqttc::v5::mqttbytes::v5::PublishProperties { topic_alias: Some(alias), ..Default::default() });
             encode(&Packet::Publish(p)).unwrap()
         };
-        assert!(matches!(s.from_client(with_alias("facegate/v1/device/door-3/up", 1), &acl())[0], Action::Denied { .. }));
+        assert!(matches!(
+            s.from_client(with_alias("facegate/v1/device/door-3/up", 1), &acl())[0],
+            Action::Denied { .. }
+        ));
         assert!(matches!(s.from_client(with_alias("", 1), &acl())[0], Action::Denied { .. }));
         assert!(matches!(s.from_client(with_alias("facegate/v1/device/door-1/up", 2), &acl())[0], Action::ToBroker(_)));
         assert!(matches!(s.from_client(with_alias("", 2), &acl())[0], Action::ToBroker(_)));
@@ -455,14 +471,21 @@ mod tests {
         assert_eq!((ack.pkid, ack.return_codes), (2, vec![SubscribeReasonCode::NotAuthorized]));
 
         let mixed = s.from_client(
-            subscribe(3, &["facegate/v1/shard/lobby/delta", "facegate/v1/shard/lab/delta", "facegate/v1/device/+/down"]),
+            subscribe(
+                3,
+                &["facegate/v1/shard/lobby/delta", "facegate/v1/shard/lab/delta", "facegate/v1/device/+/down"],
+            ),
             &acl(),
         );
         assert_eq!(mixed.len(), 3, "{mixed:?}");
         let Action::ToBroker(forwarded) = &mixed[2] else { panic!("{mixed:?}") };
         let Some(Packet::Subscribe(forwarded)) = decode(forwarded) else { panic!("not a SUBSCRIBE") };
-        assert_eq!(forwarded.filters.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["facegate/v1/shard/lab/delta"]);
-        let granted = SubAck { pkid: 3, return_codes: vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)], properties: None };
+        assert_eq!(
+            forwarded.filters.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+            ["facegate/v1/shard/lab/delta"]
+        );
+        let granted =
+            SubAck { pkid: 3, return_codes: vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)], properties: None };
         let answer = s.from_broker(encode(&Packet::SubAck(granted)).unwrap(), &acl());
         let [Action::ToClient(answer)] = answer.as_slice() else { panic!("{answer:?}") };
         let Some(Packet::SubAck(answer)) = decode(answer) else { panic!("not a SUBACK") };
@@ -492,10 +515,14 @@ mod tests {
         assert_eq!(decode(ack), Some(Packet::PubAck(PubAck::new(5, None))));
         // QoS 2: PUBREC now, and the broker's PUBREL answered with PUBCOMP here.
         let actions = s.from_broker(publish("facegate/v1/device/door-3/down", QoS::ExactlyOnce, 6), &acl());
-        assert!(matches!(&actions[1], Action::ToBroker(rec) if decode(rec) == Some(Packet::PubRec(PubRec::new(6, None)))));
+        assert!(
+            matches!(&actions[1], Action::ToBroker(rec) if decode(rec) == Some(Packet::PubRec(PubRec::new(6, None))))
+        );
         let rel = encode(&Packet::PubRel(rumqttc::v5::mqttbytes::v5::PubRel::new(6, None))).unwrap();
         let actions = s.from_broker(rel, &acl());
-        assert!(matches!(&actions[..], [Action::ToBroker(c)] if decode(c) == Some(Packet::PubComp(PubComp::new(6, None)))));
+        assert!(
+            matches!(&actions[..], [Action::ToBroker(c)] if decode(c) == Some(Packet::PubComp(PubComp::new(6, None))))
+        );
     }
 
     #[test]
