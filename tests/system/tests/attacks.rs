@@ -1,12 +1,15 @@
-//! Hostile traffic on the broker against a running kiosk and server. The
-//! embedded broker has no topic ACLs, so a provisioned device (its key
-//! stolen, say) can publish anywhere: the same position as a compromised
-//! broker. It publishes a forged delta (a foreign key), a tampered one (a
-//! broken signature), a replay of a genuine enrollment after the person was
-//! removed, a genuine-key delta after a gap, an oversized payload, a forged
-//! wipe command, and garbage on every topic. Nothing may be applied; each
-//! rejection must be logged and counted; the kiosk must go on syncing, and
-//! take the genuine commands (resync, rotate key, wipe) the admin API sends.
+//! Hostile traffic on the broker against a running kiosk and server. A
+//! provisioned device (its key stolen, say) records its group's genuine
+//! deltas, but the broker's ACL refuses its publications on the group's
+//! and on another door's topics. The attacker then takes the position of a
+//! compromised broker (here: the server's own MQTT identity, which may
+//! publish anywhere) and publishes a forged delta (a foreign key), a
+//! tampered one (a broken signature), a replay of a genuine enrollment
+//! after the person was removed, a genuine-key delta after a gap, an
+//! oversized payload, a forged wipe command, and garbage on every topic.
+//! Nothing may be applied; each rejection must be logged and counted; the
+//! kiosk must go on syncing, and take the genuine commands (resync, rotate
+//! key, wipe) the admin API sends.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::mpsc;
@@ -67,6 +70,19 @@ impl Intruder {
     fn publish(&self, topic: &str, payload: Vec<u8>) {
         self.runtime.block_on(self.client.publish(topic, QoS::AtLeastOnce, false, payload)).unwrap();
     }
+}
+
+/// TLS files in the layout of a provisioned kiosk (`ca.pem`, `device.crt`,
+/// `device.key`) holding the server's own MQTT identity: what a
+/// compromised broker (or a stolen server key) can publish.
+fn compromised_broker(central: &Central, dir: &std::path::Path) -> std::path::PathBuf {
+    let pki = facegate_sync_server::sync::pki::Pki::load_or_create(&central.sync_dir(), &[]).unwrap();
+    let pair = pki.issue_client_certificate(facegate_sync_server::sync::pki::SERVER_IDENTITY, 1).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), pki.ca_pem()).unwrap();
+    std::fs::write(dir.join("device.crt"), pair.cert_pem).unwrap();
+    std::fs::write(dir.join("device.key"), pair.key_pem).unwrap();
+    dir.to_path_buf()
 }
 
 fn signing_key(central: &Central) -> SigningKey {
@@ -141,9 +157,33 @@ fn forged_replayed_gapped_oversized_and_garbage_messages_change_nothing() {
     };
     let server_rejected_before = central.sync_event("rejected_malformed");
 
-    // The attacks.
+    // The stolen kiosk's certificate may read its group but not write it,
+    // nor another door's topics: the broker refuses and counts.
     let delta_topic = topics::shard_delta(&lobby);
     let foreign = SigningKey::from_pkcs8(&SigningKey::generate_pkcs8().unwrap()).unwrap();
+    let denied_before = central.sync_event("broker_acl_denied");
+    let door_rejected_before = rejected("unknown_key") + rejected("malformed");
+    intruder.publish(&delta_topic, encode_signed(&upsert(&lobby, head, head + 1), &foreign).unwrap());
+    intruder.publish(&topics::device_down(&door), b"garbage".to_vec());
+    intruder.publish(&topics::device_up(&door), b"garbage".to_vec());
+    if central.broker == Broker::Embedded {
+        wait_for("the broker to refuse the stolen certificate's publications", Duration::from_secs(30), || {
+            (central.sync_event("broker_acl_denied") >= denied_before + 3).then_some(())
+        });
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        rejected("unknown_key") + rejected("malformed"),
+        door_rejected_before,
+        "a publication the broker refused reached door-1"
+    );
+
+    // The attacks, from where a compromised broker stands.
+    let intruder = Intruder::connect(
+        &compromised_broker(&central, &work.path().join("compromised")),
+        "compromised-broker",
+        central.mqtt_port,
+    );
     intruder.publish(&delta_topic, encode_signed(&upsert(&lobby, head, head + 1), &foreign).unwrap());
     let mut tampered = enrollment.clone();
     let at = tampered.windows(6).position(|w| w == b"\x63sig\x58\x40").expect("a signature in the envelope");
