@@ -270,6 +270,52 @@ async fn mosquitto_refuses_certless_and_revoked_clients_and_keeps_devices_to_the
     while let Ok(seen) = server_events.try_recv() {
         assert!(!matches!(seen, Seen::Message(ref t) if *t == topics::device_up(&b)), "B's topic got A's publish");
     }
+
+    // B (no group) subscribes to everything: mosquitto grants the filter but
+    // delivers only what B may read, so none of the lobby's deltas.
+    let (device_b, mut b_events) = client(&pki, clients.path(), "kiosk-b", port, true);
+    connected(&mut b_events).await;
+    device_b.subscribe("facegate/v1/#", QoS::AtLeastOnce).await.unwrap();
+    assert!(matches!(next(&mut b_events).await, Seen::SubAck(_)));
+    server.publish(topics::shard_delta(&lobby), QoS::AtLeastOnce, false, b"lobby".to_vec()).await.unwrap();
+    server.publish(topics::device_down(&b), QoS::AtLeastOnce, false, b"for b".to_vec()).await.unwrap();
+    match next(&mut b_events).await {
+        Seen::Message(t) => assert_eq!(t, topics::device_down(&b), "B read the lobby's delta"),
+        _ => panic!("expected B's own down message"),
+    }
+    assert_eq!(next(&mut a_events).await.message(), Some(topics::shard_delta(&lobby)));
+
+    // Session takeover: B's certificate with A's client id, again and
+    // again. `use_username_as_clientid` makes it B's own client id, so A
+    // stays connected and keeps receiving.
+    for _ in 0..3 {
+        let b_tls =
+            client_tls(&pki.ca_path(), &clients.path().join("kiosk-b.pem"), &clients.path().join("kiosk-b.key"))
+                .unwrap();
+        let (_thief, mut thief_events) = connect("kiosk-a", port, b_tls);
+        connected(&mut thief_events).await;
+    }
+    server.publish(topics::device_down(&a), QoS::AtLeastOnce, false, b"still a".to_vec()).await.unwrap();
+    loop {
+        match next(&mut a_events).await {
+            Seen::Message(t) => {
+                assert_eq!(t, topics::device_down(&a));
+                break;
+            }
+            Seen::Error(e) => panic!("A lost its connection to a takeover: {e}"),
+            Seen::Connected => panic!("A was disconnected by a takeover"),
+            Seen::SubAck(_) => {}
+        }
+    }
+}
+
+impl Seen {
+    fn message(self) -> Option<String> {
+        match self {
+            Seen::Message(t) => Some(t),
+            _ => None,
+        }
+    }
 }
 
 fn which_mosquitto() -> Result<std::path::PathBuf, ()> {

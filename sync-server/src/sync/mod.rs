@@ -6,7 +6,8 @@
 //! - [`provision`]: `POST /v1/provision` — a one-time token and a CSR in,
 //!   a device certificate, the broker address, the pinned signing key and
 //!   the shard list out.
-//! - [`broker`]: the embedded `rumqttd` (demo, one box).
+//! - [`broker`]: the embedded broker of a single box: `rumqttd` behind a
+//!   gate that terminates TLS and enforces the per-device ACL.
 //! - [`service`]: the MQTT client every replica runs: device uplinks through
 //!   a shared subscription into [`facegate_protocol::sync::server::ServerSync`]
 //!   (verified against each device's key), its actions carried out against
@@ -14,15 +15,20 @@
 //!   messages (one publisher at a time, by a lease in MongoDB).
 //! - [`mosquitto`]: a mosquitto configuration and per-device ACL for sites.
 //!
-//! # Limits of the embedded broker
+//! # The embedded broker and its ACL
 //!
-//! `rumqttd` 0.20 checks client certificates against the device CA (feature
-//! `verify-client-cert`), but it has **no topic ACLs** (any provisioned
-//! device may publish on any device's topics; the server still checks that
-//! an uplink names the device of its topic, and every server → device
-//! message is signed) and it keeps sessions in memory only. It therefore
-//! binds to loopback unless configured otherwise; a site facing a network
-//! uses mosquitto ([`mosquitto`]) or an MQTT cluster.
+//! Every broker enforces the same per-device rules (DESIGN.md §7): a device
+//! publishes only on its own `up`/`status` topics, reads only its own
+//! `down` topic and its assigned shards' `delta` topics, cannot take over
+//! another device's session (client id = certificate CN), and is refused
+//! once revoked. mosquitto does it with the generated ACL, CRL and
+//! `use_username_as_clientid` ([`mosquitto`]); the embedded broker with an
+//! authorizing gate in front of `rumqttd` ([`broker`]), which also cuts a
+//! revoked device's open connections and stops deliveries of a shard the
+//! moment it is unassigned. The server still checks that an uplink names
+//! the device of its topic, and every server → device message is signed.
+//! The embedded broker keeps sessions in memory only; a site with many
+//! doors uses mosquitto or an MQTT cluster.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,8 +51,8 @@ pub mod service;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BrokerKind {
-    /// `rumqttd` inside this process (TLS with client certificates, no ACLs,
-    /// in-memory sessions).
+    /// `rumqttd` inside this process behind the ACL gate (TLS with client
+    /// certificates, per-device ACLs, in-memory sessions).
     Embedded,
     /// Any MQTT 5 broker at `broker-host:broker-port` (mosquitto, a cluster)
     /// whose TLS trusts the device CA of [`SyncConfig::state_dir`].
@@ -71,9 +77,13 @@ pub struct SyncConfig {
     /// Extra DNS names of the MQTT server certificate (`localhost` and
     /// `broker-host` are always in it).
     pub certificate_names: Vec<String>,
-    /// TLS listener of the embedded broker (loopback by default: it has no ACLs).
+    /// TLS listener of the embedded broker (its gate: client certificates
+    /// and per-device ACLs). Loopback by default: a site facing a network
+    /// sets an address devices reach.
     pub embedded_listen: SocketAddr,
-    /// A plain-TCP listener of the embedded broker, for demos only.
+    /// A plain-TCP listener of the embedded broker, for demos only: the
+    /// client id is taken as a device's id, unproven, and that device's ACL
+    /// applies (never the server's rights).
     pub embedded_plain_listen: Option<SocketAddr>,
     /// MQTT client id of this replica (persistent session); a random id kept
     /// in `state-dir/client-id` when unset. Replicas need distinct ids.
@@ -206,7 +216,7 @@ pub async fn start(
         let pki = pki::Pki::load_or_create(&config.state_dir, &names)
             .map_err(|source| SyncStartError::Pki { dir: config.state_dir.clone(), source })?;
         let broker = match config.broker {
-            BrokerKind::Embedded => Some(broker::start(&pki, config.embedded_listen, config.embedded_plain_listen)?),
+            BrokerKind::Embedded => Some(broker::prepare(config.embedded_listen, config.embedded_plain_listen)?),
             BrokerKind::External => None,
         };
         Ok::<_, SyncStartError>((config, pki, broker))
@@ -218,6 +228,18 @@ pub async fn start(
     // Registered once the broker is there: a failed start leaves readiness alone.
     let dependency = readiness.register("mqtt-broker");
     let service = service::SyncService::start(&config, store.clone(), &pki, dependency)?;
+    // The gate counts into the service's counters; its listeners are bound
+    // already, so the service's first connection waits for it, not fails.
+    let broker = match broker {
+        Some(prepared) => match prepared.open(store.clone(), Arc::clone(&pki), Arc::clone(&service.stats)).await {
+            Ok(broker) => Some(broker),
+            Err(e) => {
+                service.stop().await;
+                return Err(e.into());
+            }
+        },
+        None => None,
+    };
     let provisioner = Arc::new(provision::Provisioner {
         store,
         pki: Arc::clone(&pki),

@@ -1,7 +1,8 @@
 //! A mosquitto configuration for a site: TLS with client certificates from
 //! the device CA (`require_certificate`, `use_identity_as_username`: the
-//! certificate's CN is the user name) and a per-device ACL generated from
-//! the database:
+//! certificate's CN is the user name, `use_username_as_clientid`: and the
+//! client id, so no device can take over another's session by naming its
+//! client id) and a per-device ACL generated from the database:
 //!
 //! - the sync server ([`SERVER_IDENTITY`]) may read and write `facegate/#`;
 //! - a device may publish only on its own `up` and `status` topics, and
@@ -11,6 +12,12 @@
 //! the CA's revocation list (`crlfile`), so a revoked device cannot even
 //! complete the TLS handshake. mosquitto reads the list when a listener
 //! starts: restart it after a revocation (`SIGHUP` reloads the ACL only).
+//!
+//! With `use_username_as_clientid`, every sync-server replica connects as
+//! the client id [`SERVER_IDENTITY`] (they share one certificate): on
+//! mosquitto a second replica takes over the first one's session, so run
+//! one replica per mosquitto site (the embedded broker keeps the replicas'
+//! own client ids).
 //!
 //! mosquitto drops root to its own user: the files are written readable by
 //! the owner given (`mosquitto`). Regenerate the files when devices or
@@ -93,6 +100,7 @@ pub fn render_conf(dir: &Path, listen: SocketAddr) -> String {
          keyfile {d}/server.key\n\
          require_certificate true\n\
          use_identity_as_username true\n\
+         use_username_as_clientid true\n\
          crlfile {d}/crl.pem\n\
          tls_version tlsv1.2\n",
         max = super::broker::MAX_PACKET_BYTES,
@@ -175,5 +183,13 @@ mod tests {
         assert!(acl.contains("user kiosk-1\ntopic read facegate/v1/shard/lobby/delta\n"), "{acl}");
         assert!(acl.contains("pattern write facegate/v1/device/%u/up\n"), "{acl}");
         assert!(acl.contains("pattern read facegate/v1/device/%u/down\n"), "{acl}");
+    }
+
+    #[test]
+    fn the_client_id_is_the_certificate_identity() {
+        let conf = render_conf(Path::new("/etc/facegate/mosquitto"), "127.0.0.1:8883".parse().unwrap());
+        assert!(conf.contains("\nuse_identity_as_username true\nuse_username_as_clientid true\n"), "{conf}");
+        assert!(conf.contains("\nrequire_certificate true\n"), "{conf}");
+        assert!(conf.contains("\ncrlfile /etc/facegate/mosquitto/crl.pem\n"), "{conf}");
     }
 }

@@ -1,45 +1,39 @@
-//! Hostile traffic on the broker against a running kiosk and server, from
-//! the position of a compromised broker: an MQTT client holding the sync
-//! server's own client certificate, which the broker lets publish anywhere.
-//! It publishes a forged delta (a foreign key), a tampered one (a broken
-//! signature), a replay of a genuine enrollment after the person was
-//! removed, a genuine-key delta after a gap, an oversized payload, a forged
-//! wipe command, and garbage on every topic. Nothing may be applied; each
-//! rejection must be logged and counted; the kiosk must go on syncing, and
-//! take the genuine commands (resync, rotate key, wipe) the admin API sends.
+//! Hostile traffic on the broker against a running kiosk and server. A
+//! provisioned device (its key stolen, say) records its group's genuine
+//! deltas, but the broker's ACL refuses its publications on the group's
+//! and on another door's topics. The attacker then takes the position of a
+//! compromised broker (here: the server's own MQTT identity, which may
+//! publish anywhere) and publishes a forged delta (a foreign key), a
+//! tampered one (a broken signature), a replay of a genuine enrollment
+//! after the person was removed, a genuine-key delta after a gap, an
+//! oversized payload, a forged wipe command, and garbage on every topic.
+//! Nothing may be applied; each rejection must be logged and counted; the
+//! kiosk must go on syncing, and take the genuine commands (resync, rotate
+//! key, wipe) the admin API sends.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use facegate_protocol::{
     Command, DeltaBatch, DeltaOp, DeviceId, Down, DownMessage, IdentityId, IdentityRecord, ShardId, SigningKey,
     TemplateRecord, TrustedKeys, decode_verified, encode_signed, topics,
 };
-use facegate_system_tests::{Broker, Central, Intruder, Kiosk, Work, database, live_clip, people, sample, serial, wait_for};
+use facegate_system_tests::{
+    Broker, Central, Intruder, Kiosk, Work, database, device_tls, live_clip, people, sample, serial, wait_for,
+};
 use serde_json::json;
 
-/// The TLS identity of the sync server's own MQTT client: what a
-/// compromised broker (or a stolen server certificate) can do.
-fn server_tls(central: &Central) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let dir = central.sync_dir();
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
-        roots.add(ca.unwrap()).unwrap();
-    }
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(dir.join("server-client.pem")).unwrap().map(Result::unwrap).collect();
-    let key = PrivateKeyDer::from_pem_file(dir.join("server-client.key")).unwrap();
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap(),
-    )
+/// TLS files in the layout of a provisioned kiosk (`ca.pem`, `device.crt`,
+/// `device.key`) holding the server's own MQTT identity: what a
+/// compromised broker (or a stolen server key) can publish.
+fn compromised_broker(central: &Central, dir: &std::path::Path) -> std::path::PathBuf {
+    let pki = facegate_sync_server::sync::pki::Pki::load_or_create(&central.sync_dir(), &[]).unwrap();
+    let pair = pki.issue_client_certificate(facegate_sync_server::sync::pki::SERVER_IDENTITY, 1).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), pki.ca_pem()).unwrap();
+    std::fs::write(dir.join("device.crt"), pair.cert_pem).unwrap();
+    std::fs::write(dir.join("device.key"), pair.key_pem).unwrap();
+    dir.to_path_buf()
 }
 
 fn signing_key(central: &Central) -> SigningKey {
@@ -80,9 +74,16 @@ fn forged_replayed_gapped_oversized_and_garbage_messages_change_nothing() {
     let api = central.api.clone();
     api.create_group("lobby");
     let token = api.add_device("door-1", &["lobby"]);
+    let stolen = api.add_device("intruder", &["lobby"]);
     central.start_broker();
     let clip = live_clip();
     let mut kiosk = Kiosk::provision(work.path(), &api.url, "door-1", &token, &clip, 2.0);
+    let intruder_dir = work.path().join("intruder");
+    let out = std::process::Command::new(facegate_system_tests::binary("facegate-daemon"))
+        .args(["provision", "--server", &api.url, "--token", &stolen, "--dir", intruder_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "provisioning the intruder: {}", String::from_utf8_lossy(&out.stderr));
     kiosk.start();
     wait_for("door-1 to connect", Duration::from_secs(300), || {
         (kiosk.metric("facegate_sync_connected") == Some(1.0)).then_some(())
@@ -91,7 +92,7 @@ fn forged_replayed_gapped_oversized_and_garbage_messages_change_nothing() {
     // The intruder records the lobby's genuine deltas.
     let lobby = ShardId::new("lobby").unwrap();
     let door = DeviceId::new("door-1").unwrap();
-    let intruder = Intruder::connect(server_tls(&central), "facegate-intruder", central.mqtt_port);
+    let intruder = Intruder::connect(device_tls(&intruder_dir), "intruder", central.mqtt_port);
     intruder.subscribe(&topics::shard_delta(&lobby));
     std::thread::sleep(Duration::from_millis(500));
     let (status, body) = api.enroll("Cap Person", "lobby", &[clip.join("002.jpg"), clip.join("009.jpg")]);
@@ -111,9 +112,33 @@ fn forged_replayed_gapped_oversized_and_garbage_messages_change_nothing() {
     };
     let server_rejected_before = central.sync_event("rejected_malformed");
 
-    // The attacks.
+    // The stolen kiosk's certificate may read its group but not write it,
+    // nor another door's topics: the broker refuses and counts.
     let delta_topic = topics::shard_delta(&lobby);
     let foreign = SigningKey::from_pkcs8(&SigningKey::generate_pkcs8().unwrap()).unwrap();
+    let denied_before = central.sync_event("broker_acl_denied");
+    let door_rejected_before = rejected("unknown_key") + rejected("malformed");
+    intruder.publish(&delta_topic, encode_signed(&upsert(&lobby, epoch, head, head + 1), &foreign).unwrap());
+    intruder.publish(&topics::device_down(&door), b"garbage".to_vec());
+    intruder.publish(&topics::device_up(&door), b"garbage".to_vec());
+    if central.broker == Broker::Embedded {
+        wait_for("the broker to refuse the stolen certificate's publications", Duration::from_secs(30), || {
+            (central.sync_event("broker_acl_denied") >= denied_before + 3).then_some(())
+        });
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        rejected("unknown_key") + rejected("malformed"),
+        door_rejected_before,
+        "a publication the broker refused reached door-1"
+    );
+
+    // The attacks, from where a compromised broker stands.
+    let intruder = Intruder::connect(
+        device_tls(&compromised_broker(&central, &work.path().join("compromised"))),
+        "compromised-broker",
+        central.mqtt_port,
+    );
     intruder.publish(&delta_topic, encode_signed(&upsert(&lobby, epoch, head, head + 1), &foreign).unwrap());
     let mut tampered = enrollment.clone();
     let at = tampered.windows(6).position(|w| w == b"\x63sig\x58\x40").expect("a signature in the envelope");
