@@ -58,6 +58,9 @@ pub struct DecisionRecord {
     pub score: Option<f32>,
     pub liveness: LivenessVerdict,
     pub liveness_score: Option<f32>,
+    /// The liveness cue that decided (a stable code) and every cue's figure.
+    pub liveness_code: &'static str,
+    pub liveness_cues: Option<crate::liveness::CueScores>,
     pub reason: String,
     pub track: u64,
     /// Frames of the attempt that showed the face.
@@ -342,6 +345,8 @@ impl Engine {
             score: best_score,
             liveness: liveness.verdict,
             liveness_score: liveness.score,
+            liveness_code: liveness.code,
+            liveness_cues: liveness.cues,
             reason,
             track: attempt.track,
             frames: attempt.frames,
