@@ -259,12 +259,6 @@ impl DaemonConfig {
             return Err(format!("decision.threshold is a cosine similarity in [-1, 1], got {t}"));
         }
         self.liveness.check().map_err(|e| format!("liveness: {e}"))?;
-        if self.liveness.still_live_after_ms as u64 >= d.window_ms {
-            return Err(format!(
-                "liveness.still-live-after-ms ({}) must be shorter than decision.window-ms ({}), or no still person is ever live",
-                self.liveness.still_live_after_ms, d.window_ms
-            ));
-        }
         if let Some(side) = self.models.detector_max_side
             && !(64..=4096).contains(&side)
         {

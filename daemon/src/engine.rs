@@ -110,6 +110,9 @@ pub struct DecisionRecord {
     pub score: Option<f32>,
     pub liveness: LivenessVerdict,
     pub liveness_score: Option<f32>,
+    /// The liveness cue that decided (a stable code) and every cue's figure.
+    pub liveness_code: &'static str,
+    pub liveness_cues: Option<crate::liveness::CueScores>,
     pub reason: String,
     /// The gallery was stale when this was decided ([`FreshnessGate`]): a
     /// `deny` with this set would have been a `grant`.
@@ -389,6 +392,8 @@ impl Engine {
             score: best_score,
             liveness: liveness.verdict,
             liveness_score: liveness.score,
+            liveness_code: liveness.code,
+            liveness_cues: liveness.cues,
             reason,
             stale_gallery,
             track: attempt.track,

@@ -1,9 +1,14 @@
-//! `facegate-daemon eval liveness`: APCER per attack type and BPCER of the
-//! presentation-attack detection on a labelled data directory (layout in
-//! `facegate_face::liveness::dataset`), at a daemon configuration — the
-//! built-in one unless `--config` names another. Clips are decoded by the
-//! daemon's own frame sources; attempts are cut as the kiosk cuts them
-//! (`facegate_face::liveness::eval`).
+//! `facegate-daemon eval liveness`: APCER per attack species and BPCER of
+//! the presentation-attack detection on the **reporting half** of the
+//! identities of a data directory (layout in
+//! `facegate_face::liveness::dataset`): the attack corpus generated from its
+//! photos (`facegate_face::liveness::corpus`), its attack clips and its live
+//! clips, at a daemon configuration — the built-in one unless `--config`
+//! names another. `--half tuning --tune` runs the threshold choice on the
+//! other half (`facegate_face::liveness::held_out::tune`). `--legacy` adds
+//! the per-file evaluation of the labelled stills and clips
+//! (`facegate_face::liveness::eval`). Clips are decoded by the daemon's own
+//! frame sources.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,10 +22,12 @@ use facegate_daemon::source::{self, Pace, SourceError, SourceSpec};
 use facegate_daemon::{bench, exit, kiosk, liveness};
 use facegate_face::InferenceError;
 use facegate_face::RgbImage;
+use facegate_face::liveness::corpus::Half;
 use facegate_face::liveness::dataset::DataSet;
 use facegate_face::liveness::eval::{
     self, EvalOptions, FrameReadError, FrameReader, LivenessEvalError, LivenessReport,
 };
+use facegate_face::liveness::held_out::{self, Table, Traces, Tuning};
 
 #[derive(Debug, Args)]
 pub(crate) struct LivenessEvalArgs {
@@ -44,6 +51,33 @@ pub(crate) struct LivenessEvalArgs {
     /// Print each file's attempts to stderr as it is done.
     #[arg(long)]
     verbose: bool,
+    /// Which half of the identities to measure (figures are reported on the
+    /// reporting half; thresholds are chosen on the tuning half).
+    #[arg(long, value_enum, default_value_t = HalfArg::Reporting)]
+    half: HalfArg,
+    /// Identities of the half whose photos make the generated attacks.
+    #[arg(long, default_value_t = 40)]
+    identities: usize,
+    /// Choose the deformation thresholds on this half and print them (use
+    /// with `--half tuning`).
+    #[arg(long)]
+    tune: bool,
+    /// Write the recorded cue traces to this JSON file.
+    #[arg(long)]
+    save_traces: Option<PathBuf>,
+    /// Read cue traces from this JSON file instead of recording them.
+    #[arg(long)]
+    load_traces: Option<PathBuf>,
+    /// Also run the per-file evaluation of the labelled stills and clips
+    /// (every identity), and its detector stress run.
+    #[arg(long)]
+    legacy: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum HalfArg {
+    Tuning,
+    Reporting,
 }
 
 /// The JSON output.
@@ -54,8 +88,13 @@ struct Output {
     detector_max_side: Option<u32>,
     seconds: f64,
     cpu: String,
-    report: LivenessReport,
-    /// Attacks only, detector score threshold lowered.
+    /// Per species on the chosen half.
+    table: Table,
+    /// The thresholds chosen on this half (`--tune`).
+    tuning: Option<Tuning>,
+    /// The per-file evaluation (`--legacy`).
+    report: Option<LivenessReport>,
+    /// Attacks only, detector score threshold lowered (`--legacy`).
     stress: Option<StressReport>,
 }
 
@@ -138,18 +177,62 @@ pub(crate) fn run(args: &LivenessEvalArgs) -> Result<(), (u8, anyhow::Error)> {
     };
     let started = Instant::now();
     let mut reader = SourceFrames { fps: args.fps };
-    let report = eval::evaluate(&pipeline, &checker, &data, &mut reader, options, &mut progress)
-        .map_err(|e| (status(&e), e.into()))?;
-    let stress = if args.stress_detector_score > 0.0 {
-        let mut permissive = config.clone();
-        permissive.models.detector_score = Some(args.stress_detector_score);
-        let pipeline =
-            kiosk::load_pipeline(&permissive).context("loading the face models").map_err(|e| (exit::UNAVAILABLE, e))?;
-        let report = eval::evaluate(&pipeline, &checker, &data.attacks_only(), &mut reader, options, &mut progress)
+    let half = match args.half {
+        HalfArg::Tuning => Half::Tuning,
+        HalfArg::Reporting => Half::Reporting,
+    };
+    let traces: Traces = match &args.load_traces {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading {}", path.display()))
+                .map_err(|e| (exit::NO_INPUT, e))?;
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("decoding {}", path.display()))
+                .map_err(|e| (exit::DATA, e))?
+        }
+        None => {
+            let photos = held_out::photos(&pipeline, &data, half, args.identities)
+                .map_err(|e| (status(&e), e.into()))?;
+            let mut note = |what: &str| {
+                if verbose {
+                    eprintln!("recorded {what}");
+                }
+            };
+            let setup = held_out::Setup { pipeline: &pipeline, checker: &checker, options };
+            held_out::record(setup, half, &photos, &data, &mut reader, &mut note)
+                .map_err(|e| (status(&e), e.into()))?
+        }
+    };
+    if traces.half != half {
+        return Err((exit::USAGE, anyhow::anyhow!("the traces are of the {} half", traces.half.as_str())));
+    }
+    if let Some(path) = &args.save_traces {
+        let text = serde_json::to_vec(&traces).context("encoding the traces").map_err(|e| (exit::SOFTWARE, e))?;
+        std::fs::write(path, text)
+            .with_context(|| format!("writing {}", path.display()))
+            .map_err(|e| (exit::CANT_CREATE, e))?;
+    }
+    let table = held_out::summarise(config.liveness, &traces);
+    let tuning = args.tune.then(|| held_out::tune(config.liveness, &traces));
+    let (report, stress) = if args.legacy {
+        let report = eval::evaluate(&pipeline, &checker, &data, &mut reader, options, &mut progress)
             .map_err(|e| (status(&e), e.into()))?;
-        Some(StressReport { detector_score: args.stress_detector_score, report })
+        let stress = if args.stress_detector_score > 0.0 {
+            let mut permissive = config.clone();
+            permissive.models.detector_score = Some(args.stress_detector_score);
+            let pipeline = kiosk::load_pipeline(&permissive)
+                .context("loading the face models")
+                .map_err(|e| (exit::UNAVAILABLE, e))?;
+            let report =
+                eval::evaluate(&pipeline, &checker, &data.attacks_only(), &mut reader, options, &mut progress)
+                    .map_err(|e| (status(&e), e.into()))?;
+            Some(StressReport { detector_score: args.stress_detector_score, report })
+        } else {
+            None
+        };
+        (Some(report), stress)
     } else {
-        None
+        (None, None)
     };
     let output = Output {
         data: args.data.display().to_string(),
@@ -157,6 +240,8 @@ pub(crate) fn run(args: &LivenessEvalArgs) -> Result<(), (u8, anyhow::Error)> {
         detector_max_side: config.models.detector_max_side,
         seconds: started.elapsed().as_secs_f64(),
         cpu: bench::cpu_model(),
+        table,
+        tuning,
         report,
         stress,
     };
@@ -170,15 +255,75 @@ pub(crate) fn run(args: &LivenessEvalArgs) -> Result<(), (u8, anyhow::Error)> {
 }
 
 fn print_text(output: &Output) {
-    println!(
-        "liveness on {} at {} (decision window {} ms), {:.0} s on {}",
-        output.data, output.config, output.report.window_ms, output.seconds, output.cpu
-    );
-    print_figures(&output.report);
+    println!("liveness on {} at {}, {:.0} s on {}", output.data, output.config, output.seconds, output.cpu);
+    print_table(&output.table);
+    if let Some(tuning) = &output.tuning {
+        let c = &tuning.config;
+        println!(
+            "thresholds chosen on the {} half ({} settings tried): residual-live = {:.1}, local-live = {:.1}, live-pairs = {}",
+            tuning.table.half.as_str(),
+            tuning.candidates,
+            c.residual_live,
+            c.local_live,
+            c.live_pairs
+        );
+        print_table(&tuning.table);
+    }
+    if let Some(report) = &output.report {
+        println!("per-file evaluation (every identity, decision window {} ms):", report.window_ms);
+        print_figures(report);
+    }
     if let Some(stress) = &output.stress {
         println!("attacks again, detector score threshold lowered to {}:", stress.detector_score);
         print_figures(&stress.report);
     }
+}
+
+fn print_table(table: &Table) {
+    let c = &table.config;
+    println!(
+        "{} half: {} identities' photos; residual-live {:.1}, local-live {:.1}, live-pairs {}",
+        table.half.as_str(),
+        table.identities,
+        c.residual_live,
+        c.local_live,
+        c.live_pairs
+    );
+    println!(
+        "  {:<16} {:>4} {:>13} {:>7}  {:<15} {:>10} {:>8}  decided by",
+        "species", "n", "judged live", "APCER", "95 % interval", "incomplete", "no face"
+    );
+    for row in &table.attacks {
+        print_row(row, "judged live");
+    }
+    print_row(&table.bona_fide, "refused");
+    let b = &table.bona_fide;
+    println!(
+        "  BPCER {:.3} ({} of {} live attempts refused, 95 % interval {:.3}–{:.3})",
+        b.rate, b.errors, b.presentations, b.interval.0, b.interval.1
+    );
+    println!(
+        "  latency: {:.2} ms per frame for every liveness cue, of which {:.2} ms the deformation and frozen cues ({} frames)",
+        table.latency.mean_total_ms(),
+        table.latency.mean_added_ms(),
+        table.latency.frames
+    );
+}
+
+fn print_row(row: &held_out::Row, _what: &str) {
+    let decided: Vec<String> = row.decided_by.iter().map(|(code, n)| format!("{code} {n}")).collect();
+    println!(
+        "  {:<16} {:>4} {:>13} {:>7.3}  {:.3}–{:.3}     {:>10} {:>8}  {}",
+        row.name,
+        row.presentations,
+        row.errors,
+        row.rate,
+        row.interval.0,
+        row.interval.1,
+        row.incomplete,
+        row.no_face,
+        decided.join(", ")
+    );
 }
 
 fn print_figures(report: &LivenessReport) {

@@ -12,7 +12,7 @@ use facegate_protocol::{AuditEvent, Decision, DeviceId, IdentityId, IdentityReco
 use crate::actuate::{Actuation, Actuators};
 use crate::config::{DaemonConfig, DecisionKind};
 use crate::engine::{DecisionRecord, Engine, EngineConfig, FrameTimings, GalleryLookup, ThresholdPolicy};
-use crate::metrics::{DecisionLabel, Metrics};
+use crate::metrics::{DecisionLabel, LivenessLabel, Metrics};
 use crate::source::Frame;
 use crate::store::{GalleryModel, LiveShard, StoreConfig, StoreError};
 use crate::track::TrackerConfig;
@@ -194,7 +194,7 @@ impl Kiosk {
             score: record.score,
             liveness: record.liveness,
             liveness_score: record.liveness_score,
-            reason: Some(record.reason.clone()),
+            reason: Some(audit_reason(&record)),
             model_id: self.model_id.clone(),
             frames: record.frames,
             timings_ms: record.timings,
@@ -222,6 +222,13 @@ impl Kiosk {
             if record.stale_gallery {
                 metrics.stale_denials.inc();
             }
+            metrics.liveness_verdicts.get_or_create(&LivenessLabel { reason: record.liveness_code }).inc();
+            let frozen = record.liveness_code == "frozen";
+            if frozen {
+                metrics.camera_frozen_attempts.inc();
+                log::warn!(track = record.track; "camera frames frozen: consecutive frames identical (a stuck camera or an injected still)");
+            }
+            metrics.camera_frozen.set(i64::from(frozen));
             if let Ok(depth) = self.shard.store().outbox_depth() {
                 metrics.outbox_depth.set(depth as i64);
             }
@@ -254,6 +261,24 @@ impl Kiosk {
             actuators.shutdown();
         }
     }
+}
+
+/// The decision's reason with the liveness cues' figures appended, within
+/// the protocol's bound on a reason.
+fn audit_reason(record: &DecisionRecord) -> String {
+    let mut reason = record.reason.clone();
+    if let Some(cues) = &record.liveness_cues {
+        reason.push(' ');
+        reason.push_str(&cues.summary(record.liveness_code));
+    }
+    if reason.len() > facegate_protocol::MAX_REASON_BYTES {
+        let mut end = facegate_protocol::MAX_REASON_BYTES;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
 }
 
 fn kind(decision: Decision) -> DecisionKind {

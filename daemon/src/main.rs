@@ -334,6 +334,8 @@ fn replay_json(recorded: &Recorded) -> serde_json::Value {
         "score": r.score,
         "liveness": r.liveness,
         "liveness_score": r.liveness_score,
+        "liveness_reason": r.liveness_code,
+        "liveness_cues": r.liveness_cues,
         "reason": r.reason,
         "track": r.track,
         "frames": r.frames,

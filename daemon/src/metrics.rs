@@ -11,6 +11,9 @@ use prometheus_client::registry::Registry;
 pub const STAGE_LATENCY: &str = "facegate_stage_latency_milliseconds";
 pub const DECISIONS: &str = "facegate_decisions";
 pub const LIVENESS_REJECTIONS: &str = "facegate_liveness_rejections";
+pub const LIVENESS_VERDICTS: &str = "facegate_liveness_verdicts";
+pub const CAMERA_FROZEN: &str = "facegate_camera_frozen";
+pub const CAMERA_FROZEN_ATTEMPTS: &str = "facegate_camera_frozen_attempts";
 pub const FRAMES: &str = "facegate_frames";
 pub const FRAMES_DROPPED: &str = "facegate_frames_dropped";
 pub const FRAMES_UNREADABLE: &str = "facegate_frames_unreadable";
@@ -38,6 +41,13 @@ pub struct DecisionLabel {
     pub decision: &'static str,
 }
 
+/// The liveness cue that decided an attempt (a stable code: "frozen",
+/// "face-deformed", "no-live-evidence", ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LivenessLabel {
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
@@ -59,6 +69,10 @@ pub struct Metrics {
     pub stage_latency: Family<StageLabel, Histogram, fn() -> Histogram>,
     pub decisions: Family<DecisionLabel, Counter>,
     pub liveness_rejections: Counter,
+    pub liveness_verdicts: Family<LivenessLabel, Counter>,
+    /// 1 while the last decided attempt's frames were frozen (health).
+    pub camera_frozen: Gauge,
+    pub camera_frozen_attempts: Counter,
     pub frames: Counter,
     pub frames_dropped: Counter,
     pub frames_unreadable: Counter,
@@ -84,6 +98,9 @@ impl Metrics {
             stage_latency: Family::new_with_constructor(latency_histogram),
             decisions: Family::default(),
             liveness_rejections: Counter::default(),
+            liveness_verdicts: Family::default(),
+            camera_frozen: Gauge::default(),
+            camera_frozen_attempts: Counter::default(),
             frames: Counter::default(),
             frames_dropped: Counter::default(),
             frames_unreadable: Counter::default(),
@@ -107,6 +124,21 @@ impl Metrics {
             LIVENESS_REJECTIONS,
             "Attempts refused as presentation attacks",
             m.liveness_rejections.clone(),
+        );
+        registry.register(
+            LIVENESS_VERDICTS,
+            "Decided attempts by the liveness cue that decided",
+            m.liveness_verdicts.clone(),
+        );
+        registry.register(
+            CAMERA_FROZEN,
+            "1 while the last decided attempt showed frozen (identical) frames",
+            m.camera_frozen.clone(),
+        );
+        registry.register(
+            CAMERA_FROZEN_ATTEMPTS,
+            "Attempts refused because consecutive frames were identical",
+            m.camera_frozen_attempts.clone(),
         );
         registry.register(FRAMES, "Frames processed", m.frames.clone());
         registry.register(FRAMES_DROPPED, "Frames dropped because the pipeline was busy", m.frames_dropped.clone());
@@ -164,7 +196,11 @@ mod tests {
         m.observe_stage("detect", 7.5);
         m.decisions.get_or_create(&DecisionLabel { decision: "grant" }).inc();
         m.outbox_depth.set(3);
+        m.liveness_verdicts.get_or_create(&LivenessLabel { reason: "frozen" }).inc();
+        m.camera_frozen.set(1);
         let text = render(&registry);
+        assert!(text.contains("facegate_liveness_verdicts_total{reason=\"frozen\"} 1"), "{text}");
+        assert!(text.contains("facegate_camera_frozen 1"), "{text}");
         assert!(text.contains("facegate_stage_latency_milliseconds_bucket{le=\"8.0\",stage=\"detect\"} 1"), "{text}");
         assert!(text.contains("facegate_decisions_total{decision=\"grant\"} 1"), "{text}");
         assert!(text.contains("facegate_outbox_depth 3"), "{text}");

@@ -192,11 +192,11 @@ pub fn run(config: &DaemonConfig, shutdown: Arc<AtomicBool>) -> Result<(), RunEr
         progress.tick();
         if !progress.is_ready() {
             readiness.set("camera", true);
-            progress.set_status(status_line(&shard, &source_health, decisions));
+            progress.set_status(status_line(&shard, &source_health, &metrics, decisions));
             progress.ready();
         }
         if last_status.elapsed() > Duration::from_secs(5) {
-            progress.set_status(status_line(&shard, &source_health, decisions));
+            progress.set_status(status_line(&shard, &source_health, &metrics, decisions));
             metrics.source_reconnects.set(source_health.reconnects() as i64);
             for (name, counters) in &sink_counters {
                 let label = SinkLabel { sink: name.clone() };
@@ -218,9 +218,11 @@ pub fn run(config: &DaemonConfig, shutdown: Arc<AtomicBool>) -> Result<(), RunEr
     Ok(())
 }
 
-fn status_line(shard: &crate::store::LiveShard, health: &SourceHealth, decisions: u64) -> String {
+fn status_line(shard: &crate::store::LiveShard, health: &SourceHealth, metrics: &Metrics, decisions: u64) -> String {
     let stats = shard.read();
-    format!("{} identities, camera {}, {} decisions", stats.identities.len(), health.state().as_str(), decisions)
+    // A camera that streams identical frames is not healthy (a stuck sensor or an injected still).
+    let camera = if metrics.camera_frozen.get() == 1 { "frozen" } else { health.state().as_str() };
+    format!("{} identities, camera {camera}, {} decisions", stats.identities.len(), decisions)
 }
 
 /// Starts the capture thread. A live source drops frames the pipeline has

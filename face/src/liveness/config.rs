@@ -23,13 +23,31 @@ pub struct LivenessConfig {
     /// Temporal cue: mean evidence at or below which face and surroundings
     /// moved as one plane (spoof).
     pub planar_spoof: f32,
-    /// Temporal cue: mean evidence at or above which the face moved against a
-    /// static scene (live).
-    pub scene_live: f32,
-    /// A clean track with no temporal evidence either way (a person standing
-    /// still) is live after this long (ms) — time for a moving photo to show
-    /// that it is planar.
-    pub still_live_after_ms: u32,
+    /// Positive evidence: a frame pair shows a non-planar face when the 80th
+    /// percentile of the face points' distance from one homography reaches
+    /// this (samples; the face box is 48 samples wide).
+    pub residual_live: f32,
+    /// Positive evidence: a frame pair shows a non-rigid face (a blink, a
+    /// mouth) when, after undoing the face's planar motion, the most changed
+    /// cell changed this many times more than the median cell.
+    pub local_live: f32,
+    /// Positive evidence: pairs showing a non-planar or non-rigid face needed
+    /// for a live verdict. Without them a track is never live.
+    pub live_pairs: usize,
+    /// Rigid face: pairs in which the face moved at least `min-face-motion`
+    /// samples as a plane, with no pair showing life, for a spoof verdict.
+    pub rigid_pairs: usize,
+    /// Rigid face: median displacement of the face points (samples) for a
+    /// pair to count as motion.
+    pub min_face_motion: f32,
+    /// Frozen camera: consecutive frames whose faces differ by less than this
+    /// (mean absolute luma difference, grey levels) are identical.
+    pub frozen_difference: f32,
+    /// Frozen camera: consecutive-frame comparisons needed before it counts.
+    pub frozen_pairs: usize,
+    /// Frozen camera: fraction of identical consecutive frames at or above
+    /// which the track is frozen (a fault; never live).
+    pub frozen_fraction: f32,
     /// Operator model: median live probability at or below which it is a spoof.
     pub model_spoof: f32,
     /// Operator model: median live probability needed for a live verdict.
@@ -46,8 +64,14 @@ impl Default for LivenessConfig {
             lag_ms: 200,
             min_motion_pairs: 5,
             planar_spoof: -0.05,
-            scene_live: 0.05,
-            still_live_after_ms: 1000,
+            residual_live: 1.0,
+            local_live: 4.0,
+            live_pairs: 3,
+            rigid_pairs: 25,
+            min_face_motion: 1.0,
+            frozen_difference: 0.1,
+            frozen_pairs: 10,
+            frozen_fraction: 0.8,
             model_spoof: 0.3,
             model_live: 0.5,
         }
@@ -71,11 +95,24 @@ impl LivenessConfig {
         if self.lag_ms == 0 {
             return Err("lag-ms must be positive".into());
         }
-        if !(-1.0..=1.0).contains(&self.planar_spoof)
-            || !(-1.0..=1.0).contains(&self.scene_live)
-            || self.planar_spoof >= self.scene_live
-        {
-            return Err("planar-spoof and scene-live must lie in [-1, 1] with planar-spoof < scene-live".into());
+        if !(-1.0..0.0).contains(&self.planar_spoof) {
+            return Err("planar-spoof must lie in [-1, 0)".into());
+        }
+        for (name, value) in [
+            ("residual-live", self.residual_live),
+            ("local-live", self.local_live),
+            ("min-face-motion", self.min_face_motion),
+            ("frozen-difference", self.frozen_difference),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(format!("{name} must be a positive number"));
+            }
+        }
+        if self.live_pairs == 0 || self.rigid_pairs == 0 || self.frozen_pairs == 0 {
+            return Err("live-pairs, rigid-pairs and frozen-pairs must be at least 1".into());
+        }
+        if !(self.frozen_fraction > 0.0 && self.frozen_fraction <= 1.0) {
+            return Err("frozen-fraction must lie in (0, 1]".into());
         }
         if !(0.0..=1.0).contains(&self.model_spoof)
             || !(0.0..=1.0).contains(&self.model_live)
@@ -100,16 +137,24 @@ mod tests {
 
     #[test]
     fn keys_are_kebab_case_and_unknown_keys_are_refused() {
-        let parsed: LivenessConfig = toml::from_str("frame-spoof = 0.8\nstill-live-after-ms = 1500").unwrap();
+        let parsed: LivenessConfig = toml::from_str("frame-spoof = 0.8\nlive-pairs = 5").unwrap();
         assert_eq!(parsed.frame_spoof, 0.8);
-        assert_eq!(parsed.still_live_after_ms, 1500);
+        assert_eq!(parsed.live_pairs, 5);
         let err = toml::from_str::<LivenessConfig>("frame_spoof = 0.8").unwrap_err().to_string();
         assert!(err.contains("frame_spoof"), "{err}");
     }
 
     #[test]
-    fn inverted_temporal_thresholds_are_refused() {
-        let config = LivenessConfig { planar_spoof: 0.2, scene_live: 0.1, ..LivenessConfig::default() };
+    fn out_of_range_thresholds_are_refused() {
+        let config = LivenessConfig { planar_spoof: 0.2, ..LivenessConfig::default() };
         assert!(config.check().unwrap_err().contains("planar-spoof"));
+        let config = LivenessConfig { live_pairs: 0, ..LivenessConfig::default() };
+        assert!(config.check().unwrap_err().contains("live-pairs"));
+    }
+
+    #[test]
+    fn the_key_that_made_a_still_face_live_is_gone() {
+        let err = toml::from_str::<LivenessConfig>("still-live-after-ms = 1000").unwrap_err().to_string();
+        assert!(err.contains("still-live-after-ms"), "{err}");
     }
 }

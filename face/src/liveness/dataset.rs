@@ -43,6 +43,8 @@ pub struct Sample {
     pub path: PathBuf,
     /// The attack type (`print`, `replay`, …); `None` for a live person.
     pub attack: Option<String>,
+    /// Who is shown (empty when the file does not say).
+    pub identity: String,
 }
 
 /// Every labelled still and clip of a data directory.
@@ -90,15 +92,16 @@ impl DataSet {
         }
         let mut set = DataSet::default();
         if spoofs.exists() {
-            for row in read_csv(&spoofs, &["path", "attack"])? {
+            for row in read_csv(&spoofs, &["path", "attack", "identity"])? {
                 if !is_video(&row[0]) {
-                    set.stills.push(Sample { path: faces.join(&row[0]), attack: Some(row[1].clone()) });
+                    let (path, attack, identity) = (faces.join(&row[0]), Some(row[1].clone()), row[2].clone());
+                    set.stills.push(Sample { path, attack, identity });
                 }
             }
         }
         if manifest.exists() {
-            for row in read_csv(&manifest, &["path"])? {
-                set.stills.push(Sample { path: faces.join(&row[0]), attack: None });
+            for row in read_csv(&manifest, &["path", "identity"])? {
+                set.stills.push(Sample { path: faces.join(&row[0]), attack: None, identity: row[1].clone() });
             }
         }
         if clips.exists() {
@@ -107,7 +110,7 @@ impl DataSet {
                     continue;
                 }
                 let attack = (!row[1].is_empty()).then(|| row[1].clone());
-                set.videos.push(Sample { path: videos.join(&row[0]), attack });
+                set.videos.push(Sample { path: videos.join(&row[0]), attack, identity: row[2].clone() });
             }
         }
         Ok(set)
@@ -169,10 +172,16 @@ mod tests {
         write(&dir, "videos/videos.csv", "video,identity,attack\nlive.mp4,x,\nframes,x,replay\ncartoon.avi,,\n");
         let set = DataSet::read(&dir).unwrap();
         assert_eq!((set.stills.len(), set.videos.len()), (2, 2));
-        assert_eq!(set.stills[0], Sample { path: dir.join("faces/p/a.jpg"), attack: Some("print".into()) });
+        assert_eq!(
+            set.stills[0],
+            Sample { path: dir.join("faces/p/a.jpg"), attack: Some("print".into()), identity: "x".into() }
+        );
         assert_eq!(set.stills[1].attack, None);
         assert_eq!(set.videos[0].attack, None);
-        assert_eq!(set.videos[1], Sample { path: dir.join("videos/frames"), attack: Some("replay".into()) });
+        assert_eq!(
+            set.videos[1],
+            Sample { path: dir.join("videos/frames"), attack: Some("replay".into()), identity: "x".into() }
+        );
         write(&dir, "videos/videos.csv", "video,identity\nlive.mp4,x\n");
         let error = DataSet::read(&dir).unwrap_err().to_string();
         assert!(error.contains("no `attack` column"), "{error}");

@@ -17,6 +17,11 @@
 //! still unsure when the window closed: the kiosk refuses both) / bona fide
 //! presentations. Files in which no face was found are counted apart.
 //!
+//! A still image is never live (one image holds no positive evidence), so on
+//! stills only the single-frame cues are measured: an `unsure` still counts
+//! as passed — APCER on stills is the attacks no texture cue caught, BPCER
+//! the live photos a texture cue refused.
+//!
 //! Decoding clips is the caller's business ([`FrameReader`]): the daemon
 //! brings its frame sources; [`DirectoryFrames`] reads a directory of images.
 
@@ -417,7 +422,11 @@ pub fn summarise(config: LivenessConfig, options: EvalOptions, files: Vec<FileOu
             match attempt.end {
                 AttemptEnd::Incomplete => group.incomplete += 1,
                 AttemptEnd::Concluded | AttemptEnd::Window => {
-                    group.counts.add(attempt.result.verdict);
+                    let verdict = match (file.medium, attempt.result.verdict) {
+                        (Medium::Still, Verdict::Unsure) => Verdict::Live,
+                        (_, verdict) => verdict,
+                    };
+                    group.counts.add(verdict);
                     Span::widen(&mut group.moire, attempt.result.moire);
                     Span::widen(&mut group.edges, attempt.result.edges);
                 }
@@ -479,7 +488,7 @@ mod tests {
     }
 
     #[test]
-    fn a_still_clean_face_is_one_attempt_per_still_delay_and_a_gap_makes_an_incomplete_one() {
+    fn identical_frames_end_each_attempt_as_frozen_and_a_gap_makes_an_incomplete_one() {
         let checker = LivenessChecker::new(LivenessConfig::default(), None).unwrap();
         let mut attempts = Attempts::new(&checker, EvalOptions::default());
         let image = frame();
@@ -487,7 +496,8 @@ mod tests {
         for i in 0..60u64 {
             attempts.frame(&image, Some(&f), Duration::from_millis(40 * i)).unwrap();
         }
-        // No face for a second ends the third attempt before its still delay.
+        // Identical frames: each attempt is frozen after `frozen-pairs` comparisons
+        // (11 frames); no face for a second ends the sixth before that.
         attempts.frame(&image, None, Duration::from_millis(3400)).unwrap();
         // A face elsewhere at once starts another, which the clip's end cuts short.
         attempts.frame(&image, Some(&f), Duration::from_millis(3440)).unwrap();
@@ -497,15 +507,19 @@ mod tests {
         assert_eq!(
             ends,
             [
-                (AttemptEnd::Concluded, Verdict::Live),
-                (AttemptEnd::Concluded, Verdict::Live),
+                (AttemptEnd::Concluded, Verdict::Spoof),
+                (AttemptEnd::Concluded, Verdict::Spoof),
+                (AttemptEnd::Concluded, Verdict::Spoof),
+                (AttemptEnd::Concluded, Verdict::Spoof),
+                (AttemptEnd::Concluded, Verdict::Spoof),
                 (AttemptEnd::Incomplete, Verdict::Unsure),
                 (AttemptEnd::Incomplete, Verdict::Unsure),
                 (AttemptEnd::Incomplete, Verdict::Unsure),
             ],
             "{outcomes:?}"
         );
-        assert_eq!(outcomes[1].started_ms, 1040);
+        assert!(outcomes[..5].iter().all(|o| o.result.reason.code() == "frozen"), "{outcomes:?}");
+        assert_eq!(outcomes[1].started_ms, 440);
     }
 
     #[test]

@@ -11,18 +11,27 @@
 //! * **Enclosing edges** ([`FrameMeasure`]): long straight edges on three or
 //!   four sides of the face — a paper border or a screen bezel.
 //! * **Face versus scene motion** ([`MotionMeasure`]): between frames ~0.2 s
-//!   apart, does the face move against a static scene (live), or do the face
-//!   and its surroundings move as one plane (a photo or a screen in a hand)?
-//!   Block-matched points, a homography against a "face moves, scene stays"
-//!   model. A person standing still gives no evidence either way.
+//!   apart, do the face and its surroundings move as one plane (a photo or a
+//!   screen in a hand)? Block-matched points, a homography against a "face
+//!   moves, scene stays" model. Only ever a spoof cue.
+//! * **Face deformation** ([`DeformationMeasure`]), the positive evidence:
+//!   between frames ~0.2 s apart, does the face depart from one homography
+//!   (a nose turning against the plane of the eyes and mouth) or change
+//!   locally once its planar motion is undone (a blink, a mouth)? A flat
+//!   picture, moved or not, does neither.
+//! * **Frozen frames**: consecutive faces (nearly) identical — a frozen camera
+//!   or an injected still. A fault, never live.
 //! * **Operator model** ([`PadModel`]): a passive anti-spoofing ONNX model
-//!   named by a `kind = "liveness"` manifest; none ships.
+//!   named by a `kind = "liveness"` manifest; none ships. Its score fuses with
+//!   the engineered cues: any cue's spoof is a spoof, and live needs both the
+//!   positive evidence and the model's agreement.
 //!
-//! The verdict (see [`LivenessTrack::result`]): any spoof cue → `spoof`;
-//! otherwise `live` once the face moved against the scene, or once
-//! [`LivenessConfig::still_live_after_ms`] passed without a spoof cue;
-//! otherwise `unsure`. The kiosk treats a track that is not shown live within
-//! its decision window as a spoof.
+//! The verdict (see [`LivenessTrack::result`]): frozen frames, or any spoof
+//! cue → `spoof`; `live` only once `live-pairs` frame pairs showed a
+//! deforming face; a face that moved rigidly for `rigid-pairs` pairs without
+//! ever deforming → `spoof`; otherwise `unsure`. **No positive evidence is
+//! never live**: the kiosk refuses a track not shown live within its
+//! decision window.
 //!
 //! The cues need the frame, not the aligned chip: texture at native
 //! resolution, motion of what surrounds the face. All of it is pure Rust.
@@ -30,11 +39,14 @@
 //! [`eval`] measures the whole on labelled stills and clips ([`dataset`]):
 //! APCER per attack type and BPCER, as `facegate-daemon eval liveness` does.
 
+pub mod corpus;
 mod config;
 pub mod dataset;
+mod deformation;
 pub mod eval;
 mod fft;
 mod frame;
+pub mod held_out;
 mod homography;
 mod model;
 mod moire;
@@ -48,6 +60,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 pub use config::LivenessConfig;
+pub use deformation::DeformationMeasure;
 pub use frame::FrameMeasure;
 pub use model::PadModel;
 pub use moire::MoireMeasure;
@@ -75,6 +88,12 @@ pub struct FrameCues {
     /// The comparison with a frame about `lag-ms` earlier in the same track,
     /// when there is one (only [`LivenessChecker::observe`] fills it).
     pub motion: Option<MotionMeasure>,
+    /// The face's deformation against a frame about `lag-ms` earlier (only
+    /// [`LivenessChecker::observe`] fills it).
+    pub deformation: Option<DeformationMeasure>,
+    /// Mean absolute luma difference of the face from the previous frame's
+    /// (grey levels; only [`LivenessChecker::observe`] fills it).
+    pub still_difference: Option<f32>,
 }
 
 /// The cues' shared, immutable parts (FFT plans, the operator model) and the
@@ -112,7 +131,14 @@ impl LivenessChecker {
     /// detection that is not [measurable](measurable()) gives empty cues.
     pub fn frame_cues(&self, frame: &RgbImage, detection: &Detection) -> Result<FrameCues, InferenceError> {
         if !measurable(frame, detection) {
-            return Ok(FrameCues { moire: None, frame: FrameMeasure::default(), model: None, motion: None });
+            return Ok(FrameCues {
+                moire: None,
+                frame: FrameMeasure::default(),
+                model: None,
+                motion: None,
+                deformation: None,
+                still_difference: None,
+            });
         }
         let model = match &self.model {
             Some(model) => Some(model.live_probability(frame, &detection.bbox)?),
@@ -123,6 +149,8 @@ impl LivenessChecker {
             frame: frame::measure(frame, &detection.bbox),
             model,
             motion: None,
+            deformation: None,
+            still_difference: None,
         })
     }
 
@@ -144,13 +172,17 @@ impl LivenessChecker {
             return Ok(cues);
         }
         cues.motion = track.compare_motion(frame, detection, at);
-        track.push(&cues, motion::sample_frame(frame, detection, at), at);
+        cues.deformation = track.compare_deformation(frame, detection, at);
+        cues.still_difference = track.still_difference(frame);
+        let face = deformation::sample_frame(frame, detection, at);
+        track.push(&cues, motion::sample_frame(frame, detection, at), face, at);
         Ok(cues)
     }
 
     /// What the single-frame cues say about one still image (a photo): spoof
-    /// when a texture cue or the model says so, live otherwise. No temporal
-    /// cue applies; a kiosk decides on tracks, not on stills.
+    /// when a texture cue or the model says so, `unsure` otherwise — one
+    /// image holds no positive evidence of life, so it is never live. A kiosk
+    /// decides on tracks, not on stills.
     /// A detection that is not [measurable](measurable()) is `unsure`.
     pub fn assess_still(&self, frame: &RgbImage, detection: &Detection) -> Result<LivenessResult, InferenceError> {
         if !measurable(frame, detection) {

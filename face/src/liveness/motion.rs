@@ -42,8 +42,8 @@ use crate::geometry::Point;
 pub(crate) const SIZE: usize = 128;
 /// The face box side in samples.
 pub(crate) const BOX: f32 = 40.0;
-const HALF: usize = 4;
-const SEARCH: i32 = 3;
+pub(crate) const HALF: usize = 4;
+pub(crate) const SEARCH: i32 = 3;
 const GRID: usize = 8;
 /// Minimum smaller eigenvalue of the structure tensor (mean over the patch,
 /// grey levels² per sample²) for a point to be matched.
@@ -222,11 +222,22 @@ fn textured_points(a: &LumaSquare) -> Vec<(usize, usize)> {
     points
 }
 
-/// Block-matches the patch at (x, y) of `a` in `b` within ±SEARCH of the
+/// Block-matches the patch at (x, y) of `a` in `b` (squares of one size) within ±SEARCH of the
 /// displacement (dx, dy): the sub-pixel displacement and the match cost (mean
 /// squared zero-mean difference over the patch variance + 1).
-fn match_point(a: &LumaSquare, b: &LumaSquare, x: usize, y: usize, dx: f32, dy: f32) -> Option<(f32, f32, f32)> {
-    let n = SIZE as i32;
+pub(crate) fn match_point(
+    a: &LumaSquare,
+    b: &LumaSquare,
+    x: usize,
+    y: usize,
+    dx: f32,
+    dy: f32,
+) -> Option<(f32, f32, f32)> {
+    let n = a.square.size as i32;
+    if b.square.size != a.square.size || x < HALF || y < HALF || x + HALF >= a.square.size || y + HALF >= a.square.size
+    {
+        return None;
+    }
     let half = HALF as i32;
     let side = 2 * half + 1;
     let count = (side * side) as f32;
@@ -292,10 +303,9 @@ fn median(values: &mut [f32]) -> Option<f32> {
     Some(values[mid])
 }
 
-#[cfg(test)]
 impl MotionSample {
-    /// A sample with no pixels (for tests of the track logic).
-    pub(crate) fn empty(at: Duration) -> Self {
+    /// A sample with no pixels: replays of recorded cues, tests of the track logic.
+    pub(crate) fn placeholder(at: Duration) -> Self {
         let square = Square { centre: Point::new(0.0, 0.0), step: 1.0, size: 0 };
         Self { at, luma: LumaSquare { square, luma: Vec::new(), valid: Vec::new() }, landmarks: [Point::default(); 5] }
     }
