@@ -145,8 +145,10 @@ fn forged_replayed_gapped_oversized_and_garbage_messages_change_nothing() {
     tampered[at + 16] ^= 0x5a;
     intruder.publish(&delta_topic, tampered);
     intruder.publish(&delta_topic, enrollment.clone());
-    intruder
-        .publish(&delta_topic, encode_signed(&upsert(&lobby, epoch, head + 50, head + 51), &signing_key(&central)).unwrap());
+    intruder.publish(
+        &delta_topic,
+        encode_signed(&upsert(&lobby, epoch, head + 50, head + 51), &signing_key(&central)).unwrap(),
+    );
     intruder.publish(&delta_topic, vec![0xa5; facegate_protocol::Kind::Delta.max_bytes() + 1000]);
     intruder.publish(&delta_topic, b"\xff\x00 not cbor".to_vec());
     let wipe =

@@ -62,7 +62,8 @@ fn central_keys(kiosk: &Kiosk) -> TrustedKeys {
         serde_json::from_slice(&std::fs::read(kiosk.sync_dir().join("provisioned.json")).unwrap()).unwrap();
     let keys = answer["signing_keys"].as_array().unwrap().iter().map(|k| {
         let hex = k["public_key_hex"].as_str().unwrap();
-        let bytes: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
         PublicKey::from_bytes(&bytes).unwrap()
     });
     TrustedKeys::new(keys)
@@ -139,7 +140,9 @@ fn site(broker: Broker) {
     let (status, body) = api.call("PUT", "/v1/devices/door-2/groups", Some(json!({ "groups": ["lab"] })));
     assert!(status == 200 || status == 204, "PUT groups: {status} {body}");
     let started = Instant::now();
-    wait_for("door-2 to purge the lobby", Duration::from_secs(30), || (kiosks[1].identities() == Some(0)).then_some(()));
+    wait_for("door-2 to purge the lobby", Duration::from_secs(30), || {
+        (kiosks[1].identities() == Some(0)).then_some(())
+    });
     let purged = started.elapsed();
     eprintln!("{label}: door-2 purged the lobby {purged:?} after the API call");
     assert!(purged <= Duration::from_secs(5), "the unassignment took {purged:?}");
@@ -165,7 +168,8 @@ fn site(broker: Broker) {
     std::thread::sleep(Duration::from_millis(500));
     let door3 = DeviceId::new("door-3").unwrap();
     let refused_before = central.sync_event("rejected_unassigned_shard");
-    let up = |body: Up| encode_device_signed(&UpMessage { device: door3.clone(), sent_at: 0, body }, &thief_key).unwrap();
+    let up =
+        |body: Up| encode_device_signed(&UpMessage { device: door3.clone(), sent_at: 0, body }, &thief_key).unwrap();
     for (shard, have_seq) in [("lobby", 0), ("lobby", i64::MAX as u64), ("lobby", u64::MAX), ("vault", 0)] {
         let shard = ShardId::new(shard).unwrap();
         thief.publish(&topics::device_up(&door3), up(Up::ResyncRequest { shard, have_seq }));
@@ -244,11 +248,8 @@ fn site(broker: Broker) {
         log.lines().any(|l| l.contains("door decision") && l.contains("stale") && l.contains("deny")).then_some(())
     });
     let (_, erasure) = api.call("GET", &format!("/v1/identities/{cap}/erasure"), None);
-    let door1_forgot = erasure["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|d| d["device"] == "door-1" && d["forgotten"] == true);
+    let door1_forgot =
+        erasure["devices"].as_array().unwrap().iter().any(|d| d["device"] == "door-1" && d["forgotten"] == true);
     assert!(!door1_forgot, "the centre believes the starved door forgot him: {erasure}");
     assert_eq!(erasure["complete"], false, "{erasure}");
     let rules = std::fs::read_to_string(facegate_system_tests::repo().join("daemon/alerts/kiosk.rules.yml"))
