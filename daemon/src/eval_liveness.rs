@@ -56,7 +56,7 @@ pub(crate) struct LivenessEvalArgs {
     #[arg(long, value_enum, default_value_t = HalfArg::Reporting)]
     half: HalfArg,
     /// Identities of the half whose photos make the generated attacks.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 24)]
     identities: usize,
     /// Choose the deformation thresholds on this half and print them (use
     /// with `--half tuning`).
@@ -191,16 +191,15 @@ pub(crate) fn run(args: &LivenessEvalArgs) -> Result<(), (u8, anyhow::Error)> {
                 .map_err(|e| (exit::DATA, e))?
         }
         None => {
-            let photos = held_out::photos(&pipeline, &data, half, args.identities)
-                .map_err(|e| (status(&e), e.into()))?;
+            let photos =
+                held_out::photos(&pipeline, &data, half, args.identities).map_err(|e| (status(&e), e.into()))?;
             let mut note = |what: &str| {
                 if verbose {
                     eprintln!("recorded {what}");
                 }
             };
             let setup = held_out::Setup { pipeline: &pipeline, checker: &checker, options };
-            held_out::record(setup, half, &photos, &data, &mut reader, &mut note)
-                .map_err(|e| (status(&e), e.into()))?
+            held_out::record(setup, half, &photos, &data, &mut reader, &mut note).map_err(|e| (status(&e), e.into()))?
         }
     };
     if traces.half != half {
@@ -223,9 +222,8 @@ pub(crate) fn run(args: &LivenessEvalArgs) -> Result<(), (u8, anyhow::Error)> {
             let pipeline = kiosk::load_pipeline(&permissive)
                 .context("loading the face models")
                 .map_err(|e| (exit::UNAVAILABLE, e))?;
-            let report =
-                eval::evaluate(&pipeline, &checker, &data.attacks_only(), &mut reader, options, &mut progress)
-                    .map_err(|e| (status(&e), e.into()))?;
+            let report = eval::evaluate(&pipeline, &checker, &data.attacks_only(), &mut reader, options, &mut progress)
+                .map_err(|e| (status(&e), e.into()))?;
             Some(StressReport { detector_score: args.stress_detector_score, report })
         } else {
             None

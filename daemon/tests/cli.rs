@@ -165,3 +165,21 @@ fn eval_with_a_malformed_pairs_file_exits_65() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing column \"path_a\""));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn config_validate_refuses_a_staleness_bound_too_tight_and_accepts_0() {
+    let dir = scratch("staleness");
+    let write = |name: &str, secs: u64| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("[source]\nkind = \"camera\"\n[sync]\nmax-staleness-secs = {secs}\n")).unwrap();
+        path.display().to_string()
+    };
+    let tight = daemon(&["config", "validate", "--config", &write("tight.toml", 5)]);
+    assert_eq!(tight.status.code(), Some(78), "{tight:?}");
+    let stderr = String::from_utf8_lossy(&tight.stderr);
+    assert!(stderr.contains("max-staleness-secs") && stderr.contains("too tight"), "{stderr}");
+    for secs in [0, 10, 300] {
+        let out = daemon(&["config", "validate", "--config", &write(&format!("ok-{secs}.toml"), secs)]);
+        assert!(out.status.success(), "{secs}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}

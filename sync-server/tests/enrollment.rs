@@ -225,9 +225,20 @@ async fn audit_batches_are_stored_once_however_often_they_are_replayed() {
     assert_eq!((first.inserted, first.duplicates, first.up_to_seq), (5, 0, Some(5)));
     let again = server.app.store.store_audit_batch(&device, &batch).await.unwrap();
     assert_eq!((again.inserted, again.duplicates), (0, 5));
-    let overlap = AuditBatch { events: (4..=7).map(|s| event(s, Decision::Deny)).collect() };
+    let decision = |s: u64| match s {
+        6.. => Decision::Deny,
+        _ if s % 2 == 0 => Decision::Grant,
+        _ => Decision::Unknown,
+    };
+    let overlap = AuditBatch { events: (4..=7).map(|s| event(s, decision(s))).collect() };
     let third = server.app.store.store_audit_batch(&device, &overlap).await.unwrap();
-    assert_eq!((third.inserted, third.duplicates, third.up_to_seq), (2, 2, Some(7)));
+    assert_eq!((third.inserted, third.duplicates, third.conflicts, third.up_to_seq), (2, 2, 0, Some(7)));
+    // The key of a stored event with other content: a conflict, kept aside;
+    // the stored event stays.
+    let conflicting = AuditBatch { events: vec![event(5, Decision::Deny)] };
+    let fourth = server.app.store.store_audit_batch(&device, &conflicting).await.unwrap();
+    assert_eq!((fourth.inserted, fourth.duplicates, fourth.conflicts), (0, 0, 1));
+    assert_eq!(server.app.store.audit_conflicts_of("door-9").await.unwrap().len(), 1);
     let other = DeviceId::new("door-10").unwrap();
     assert!(server.app.store.store_audit_batch(&other, &batch).await.is_err());
 

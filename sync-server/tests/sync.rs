@@ -13,8 +13,9 @@ use axum::http::{Request, StatusCode};
 use common::{TestServer, database, fixture, fresh_name, test_config};
 use facegate_protocol::sync::server::ServerSync;
 use facegate_protocol::{
-    AuditBatch, AuditEvent, DeltaBatch, DeltaOp, DeviceId, Down, DownMessage, PublicKey, ShardId, StageMillis,
-    TrustedKeys, Up, UpMessage, decode_verified, encode, topics,
+    AuditBatch, AuditEvent, DeltaBatch, DeltaOp, DeviceId, DeviceSigningKey, DeviceStatus, Down, DownMessage,
+    PublicKey, ShardId, ShardProgress, StageMillis, TrustedKeys, Up, UpMessage, decode_verified, encode_device_signed,
+    topics,
 };
 use facegate_sync_server::auth::Role;
 use facegate_sync_server::sync::provision::ProvisionResponse;
@@ -75,6 +76,10 @@ async fn provision(server: &TestServer, token: &str, csr_pem: &str) -> (StatusCo
 struct Device {
     id: DeviceId,
     keys: TrustedKeys,
+    /// The key of its certificate: signs its uplinks.
+    signer: DeviceSigningKey,
+    /// What provisioning answered.
+    answer: ProvisionResponse,
     client: AsyncClient,
     messages: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
     subacks: mpsc::UnboundedReceiver<Vec<String>>,
@@ -115,12 +120,15 @@ impl Device {
         assert_eq!(public.key_id().to_string(), pinned.key_id);
         let tls =
             client_tls(&dir.path().join("ca.pem"), &dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
-        Self::connect(id, TrustedKeys::new([public]), tls, port, dir).await
+        let signer = DeviceSigningKey::from_pkcs8(&key.serialize_der()).unwrap();
+        Self::connect(id, TrustedKeys::new([public]), signer, answer, tls, port, dir).await
     }
 
     async fn connect(
         id: &str,
         keys: TrustedKeys,
+        signer: DeviceSigningKey,
+        answer: ProvisionResponse,
         tls: Arc<rustls::ClientConfig>,
         port: u16,
         dir: tempfile::TempDir,
@@ -148,7 +156,7 @@ impl Device {
             }
         });
         tokio::time::timeout(Duration::from_secs(10), up_rx.recv()).await.expect("device connects");
-        Self { id: DeviceId::new(id).unwrap(), keys, client, messages, subacks, _dir: dir }
+        Self { id: DeviceId::new(id).unwrap(), keys, signer, answer, client, messages, subacks, _dir: dir }
     }
 
     async fn subscribe(&mut self, topic: &str) {
@@ -158,9 +166,41 @@ impl Device {
     }
 
     async fn send_up(&self, body: Up) {
+        self.send_up_signed(body, &self.signer).await;
+    }
+
+    /// An uplink in this device's name signed by `signer` (a forgery unless
+    /// it is this device's own key).
+    async fn send_up_signed(&self, body: Up, signer: &DeviceSigningKey) {
         let message = UpMessage { device: self.id.clone(), sent_at: 0, body };
-        let payload = encode(&message).unwrap();
+        let payload = encode_device_signed(&message, signer).unwrap();
         self.client.publish(topics::device_up(&self.id), QoS::AtLeastOnce, false, payload).await.unwrap();
+    }
+
+    /// A status in this device's name, signed by `signer`.
+    async fn send_status(&self, status: &DeviceStatus, signer: &DeviceSigningKey) {
+        let payload = encode_device_signed(status, signer).unwrap();
+        self.client.publish(topics::device_status(&self.id), QoS::AtLeastOnce, false, payload).await.unwrap();
+    }
+
+    fn status(&self, assignment: u64, shards: &[(&str, u64)], trusted_key: Option<String>) -> DeviceStatus {
+        DeviceStatus {
+            device: self.id.clone(),
+            online: true,
+            at: 0,
+            shards: shards
+                .iter()
+                .map(|(s, seq)| ShardProgress { shard: ShardId::new(*s).unwrap(), seq: *seq })
+                .collect(),
+            model_id: None,
+            version: "test".into(),
+            health: "ok".into(),
+            outbox_depth: 0,
+            last_command: 0,
+            stale: false,
+            assignment,
+            trusted_key,
+        }
     }
 
     /// The next message on `topic`, within 10 s.
@@ -193,6 +233,7 @@ fn unhex(text: &str) -> Vec<u8> {
 fn event(device: &DeviceId, seq: u64) -> AuditEvent {
     AuditEvent {
         device: device.clone(),
+        epoch: 0,
         seq,
         at: 1_700_000_000_000 + seq as i64,
         decision: facegate_protocol::Decision::Unknown,
@@ -245,7 +286,7 @@ async fn an_enrollment_reaches_a_provisioned_device_as_a_signed_delta_and_audit_
     let events = vec![event(&door.id, 1), event(&door.id, 2)];
     for _ in 0..2 {
         door.send_up(Up::Audit(AuditBatch { events: events.clone() })).await;
-        assert_eq!(door.next_down().await, Down::AuditAck { up_to_seq: 2 });
+        assert_eq!(door.next_down().await, Down::AuditAck { epoch: 0, up_to_seq: 2 });
     }
     assert_eq!(server.app.store.count_audit().await.unwrap(), 2);
     assert_eq!(runtime.service.stats.get("audit_inserted"), 2);
@@ -314,7 +355,11 @@ async fn a_provisioning_token_works_once_and_a_bad_csr_does_not_burn_it() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let mut keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["ca_pem", "certificate_pem", "device_id", "mqtt", "shards", "signing_keys"]);
+    assert_eq!(
+        keys,
+        ["assignment_version", "ca_pem", "certificate_pem", "device_id", "mqtt", "shards", "signing_keys"]
+    );
+    assert_eq!(body["assignment_version"], 0);
     assert_eq!(body["mqtt"], json!({ "host": "localhost", "port": port, "tls": true }));
     assert_eq!(body["shards"], json!(["lab"]));
     let (status, body) = provision(&server, &token, &csr).await;
@@ -367,7 +412,7 @@ async fn two_replicas_publish_every_delta_and_lose_no_audit() {
     }
     let mut acked = 0;
     while acked < 100 {
-        if let Down::AuditAck { up_to_seq } = door.next_down().await {
+        if let Down::AuditAck { up_to_seq, .. } = door.next_down().await {
             acked = acked.max(up_to_seq);
         }
     }
@@ -379,4 +424,367 @@ async fn two_replicas_publish_every_delta_and_lose_no_audit() {
     assert_eq!(ServerSync::subscriptions("facegate")[0], "$share/facegate/facegate/v1/device/+/up");
     second.service.stop().await;
     first.service.stop().await;
+}
+
+/// Waits until `name` of the sync counters is at least `n`.
+async fn counted(runtime: &SyncRuntime, name: &str, n: u64) {
+    let stats = Arc::clone(&runtime.service.stats);
+    let what = format!("{name} reaches {n} (counters: {:?})", stats.snapshot());
+    wait_until(&what, || stats.get(name) >= n).await;
+}
+
+/// The envelope `payload` with its key id replaced by `key` (the signature stays).
+fn with_key_id(payload: &[u8], key: facegate_protocol::KeyId) -> Vec<u8> {
+    let value: ciborium::Value = ciborium::from_reader(payload).unwrap();
+    let ciborium::Value::Map(entries) = value else { panic!("an envelope is a map") };
+    let entries = entries
+        .into_iter()
+        .map(|(k, v)| {
+            if k == ciborium::Value::Text("key".into()) { (k, ciborium::Value::Bytes(key.0.to_vec())) } else { (k, v) }
+        })
+        .collect();
+    let mut out = Vec::new();
+    ciborium::into_writer(&ciborium::Value::Map(entries), &mut out).unwrap();
+    out
+}
+
+/// Enrolls `name` into `groups`; returns the identity id.
+async fn enroll(server: &TestServer, name: &str, photo: &str, groups: &str) -> String {
+    let (status, body) = server.enroll(name, &[fixture(photo)], &[("groups", groups)]).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["id"].as_str().unwrap().to_string()
+}
+
+async fn erasure(server: &TestServer, identity: &str) -> serde_json::Value {
+    let (status, body) = server.get(&format!("/v1/identities/{identity}/erasure"), &server.token(Role::Admin)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_uplinks_are_refused_and_never_make_an_erasure_look_complete() {
+    let db = database();
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (server, runtime) =
+        server_with_sync(&db.uri, &fresh_name(), &sync_config(state.path(), port, "server-f")).await;
+    create_group(&server, "lobby").await;
+    let mut door = Device::enroll(&server, "door-a", &["lobby"], port).await;
+    let victim = Device::enroll(&server, "door-b", &["lobby"], port).await;
+    door.subscribe(&topics::device_down(&door.id)).await;
+    let person = enroll(&server, "Einstein", "einstein", "lobby").await;
+    let (status, body) = server
+        .send(
+            Request::delete(format!("/v1/identities/{person}"))
+                .header("authorization", format!("Bearer {}", server.token(Role::Admin)))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let remove_seq = erasure(&server, &person).await["devices"][0]["remove_seq"].as_u64().unwrap();
+
+    // door-a signs messages in door-b's name: refused, nothing recorded.
+    victim.send_up_signed(Up::Applied { shard: ShardId::new("lobby").unwrap(), seq: remove_seq }, &door.signer).await;
+    victim.send_status(&victim.status(0, &[("lobby", remove_seq)], None), &door.signer).await;
+    counted(&runtime, "rejected_unknown_key", 2).await;
+    // …and claims door-b's key id for its signature.
+    let status = victim.status(0, &[("lobby", remove_seq)], None);
+    let forged = with_key_id(&encode_device_signed(&status, &door.signer).unwrap(), victim.signer.key_id());
+    victim.client.publish(topics::device_status(&victim.id), QoS::AtLeastOnce, false, forged).await.unwrap();
+    let message = UpMessage {
+        device: victim.id.clone(),
+        sent_at: 0,
+        body: Up::Applied { shard: ShardId::new("lobby").unwrap(), seq: remove_seq },
+    };
+    let forged = with_key_id(&encode_device_signed(&message, &door.signer).unwrap(), victim.signer.key_id());
+    victim.client.publish(topics::device_up(&victim.id), QoS::AtLeastOnce, false, forged).await.unwrap();
+    counted(&runtime, "rejected_bad_signature", 2).await;
+    // Unsigned: refused too.
+    let unsigned = facegate_protocol::seal_unchecked(
+        facegate_protocol::Kind::Up,
+        &{
+            let mut body = Vec::new();
+            ciborium::into_writer(
+                &UpMessage {
+                    device: victim.id.clone(),
+                    sent_at: 0,
+                    body: Up::Applied { shard: ShardId::new("lobby").unwrap(), seq: remove_seq },
+                },
+                &mut body,
+            )
+            .unwrap();
+            body
+        },
+        None,
+    )
+    .unwrap();
+    victim.client.publish(topics::device_up(&victim.id), QoS::AtLeastOnce, false, unsigned).await.unwrap();
+    counted(&runtime, "rejected_unsigned", 1).await;
+    // door-a, with its own key: a seq beyond the log's head and a shard it
+    // does not serve are ignored.
+    door.send_up(Up::Applied { shard: ShardId::new("lobby").unwrap(), seq: u64::MAX }).await;
+    counted(&runtime, "rejected_applied_beyond_head", 1).await;
+    door.send_up(Up::Applied { shard: ShardId::new("lab").unwrap(), seq: 1 }).await;
+    counted(&runtime, "rejected_applied_unassigned", 1).await;
+
+    let forgotten = |body: &serde_json::Value, device: &str| {
+        let d = body["devices"].as_array().unwrap().iter().find(|d| d["device"] == device).unwrap().clone();
+        (d["forgotten"].as_bool().unwrap(), d["applied_seq"].clone())
+    };
+    let body = erasure(&server, &person).await;
+    assert_eq!(body["complete"], false, "{body}");
+    assert_eq!(forgotten(&body, "door-b"), (false, json!(null)), "{body}");
+    assert_eq!(forgotten(&body, "door-a"), (false, json!(null)), "{body}");
+
+    // door-b's own, true acknowledgement counts.
+    victim.send_up(Up::Applied { shard: ShardId::new("lobby").unwrap(), seq: remove_seq }).await;
+    for _ in 0..200 {
+        if forgotten(&erasure(&server, &person).await, "door-b").0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let body = erasure(&server, &person).await;
+    assert_eq!(forgotten(&body, "door-b"), (true, json!(remove_seq)), "{body}");
+    assert_eq!(body["complete"], false, "door-a has not acknowledged: {body}");
+    runtime.service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resync_of_an_unassigned_shard_or_an_impossible_seq_sends_nothing_and_the_server_stays_ready() {
+    let db = database();
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (server, runtime) =
+        server_with_sync(&db.uri, &fresh_name(), &sync_config(state.path(), port, "server-u")).await;
+    create_group(&server, "lobby").await;
+    create_group(&server, "lab").await;
+    let mut door = Device::enroll(&server, "door-u", &["lobby"], port).await;
+    door.subscribe(&topics::device_down(&door.id)).await;
+    enroll(&server, "Einstein", "einstein", "lab").await;
+    enroll(&server, "Obama", "obama", "lobby").await;
+    let lab = ShardId::new("lab").unwrap();
+    let lobby = ShardId::new("lobby").unwrap();
+
+    for have_seq in [0, i64::MAX as u64, u64::MAX] {
+        door.send_up(Up::ResyncRequest { shard: lab.clone(), have_seq }).await;
+    }
+    counted(&runtime, "rejected_unassigned_shard", 3).await;
+    for have_seq in [i64::MAX as u64, u64::MAX] {
+        door.send_up(Up::ResyncRequest { shard: lobby.clone(), have_seq }).await;
+    }
+    counted(&runtime, "device_ahead", 2).await;
+    // The next thing the door hears is the answer to a fair request.
+    door.send_up(Up::FreshnessRequest { nonce: 7 }).await;
+    match door.next_down().await {
+        Down::Freshness(proof) => assert_eq!(proof.nonce, 7),
+        other => panic!("expected a freshness proof and nothing before it, got {other:?}"),
+    }
+    assert!(server.app.state.readiness.is_ready());
+    let (status, _) = server.get("/ready", &server.token(Role::Admin)).await;
+    assert_eq!(status, StatusCode::OK);
+    // The assigned shard still resyncs.
+    door.send_up(Up::ResyncRequest { shard: lobby.clone(), have_seq: 0 }).await;
+    match door.next_down().await {
+        Down::Deltas(b) => assert_eq!(b.shard, lobby),
+        Down::Snapshot(c) => assert_eq!(c.shard, lobby),
+        other => panic!("expected lobby's deltas, got {other:?}"),
+    }
+    runtime.service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_freshness_proof_names_the_epoch_the_assignment_and_the_heads_and_a_new_epoch_changes_the_deltas() {
+    let db = database();
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (server, runtime) =
+        server_with_sync(&db.uri, &fresh_name(), &sync_config(state.path(), port, "server-e")).await;
+    create_group(&server, "lobby").await;
+    create_group(&server, "lab").await;
+    let mut door = Device::enroll(&server, "door-e", &["lobby", "lab"], port).await;
+    let lobby = ShardId::new("lobby").unwrap();
+    door.subscribe(&topics::device_down(&door.id)).await;
+    door.subscribe(&topics::shard_delta(&lobby)).await;
+    enroll(&server, "Einstein", "einstein", "lobby").await;
+    let first: DeltaBatch = decode_verified(&door.next_on(&topics::shard_delta(&lobby)).await, &door.keys).unwrap();
+    let epoch = server.app.store.log_epoch().await.unwrap();
+    assert_ne!(epoch, 0);
+    assert_eq!(first.epoch, epoch);
+
+    door.send_up(Up::FreshnessRequest { nonce: 0xfeed }).await;
+    let proof = match door.next_down().await {
+        Down::Freshness(proof) => proof,
+        other => panic!("expected a freshness proof, got {other:?}"),
+    };
+    assert_eq!((proof.nonce, proof.epoch), (0xfeed, epoch));
+    assert_eq!(proof.assignment.version, 0);
+    assert_eq!(proof.assignment.shards, vec![ShardId::new("lab").unwrap(), lobby.clone()]);
+    assert_eq!(
+        proof.heads,
+        vec![
+            ShardProgress { shard: ShardId::new("lab").unwrap(), seq: 0 },
+            ShardProgress { shard: lobby.clone(), seq: 1 }
+        ]
+    );
+    assert_eq!(runtime.service.stats.get("freshness_answered"), 1);
+
+    // After a restore an operator starts a new epoch: deltas carry it.
+    let (old, new) = server.app.store.start_new_epoch("test").await.unwrap();
+    assert_eq!(old, epoch);
+    assert_ne!(new, epoch);
+    enroll(&server, "Obama", "obama", "lobby").await;
+    let second: DeltaBatch = decode_verified(&door.next_on(&topics::shard_delta(&lobby)).await, &door.keys).unwrap();
+    assert_eq!((second.epoch, second.seq), (new, 2));
+    runtime.service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_change_reaches_the_door_as_a_signed_assignment_and_erasure_waits_for_its_purge() {
+    let db = database();
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (server, runtime) =
+        server_with_sync(&db.uri, &fresh_name(), &sync_config(state.path(), port, "server-g")).await;
+    create_group(&server, "lobby").await;
+    create_group(&server, "lab").await;
+    let mut door = Device::enroll(&server, "door-g", &["lobby"], port).await;
+    assert_eq!(door.answer.assignment_version, 0);
+    door.subscribe(&topics::device_down(&door.id)).await;
+    let person = enroll(&server, "Einstein", "einstein", "lobby").await;
+    door.send_up(Up::Applied { shard: ShardId::new("lobby").unwrap(), seq: 1 }).await;
+
+    let admin = server.token(Role::Admin);
+    let started = std::time::Instant::now();
+    let (status, body) = server.json("PUT", "/v1/devices/door-g/groups", &admin, json!({ "groups": ["lab"] })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["assignment_version"], 1, "{body}");
+    loop {
+        match door.next_down().await {
+            Down::Assignment(a) => {
+                assert_eq!((a.version, a.shards.clone()), (1, vec![ShardId::new("lab").unwrap()]));
+                break;
+            }
+            other => eprintln!("before the assignment: {other:?}"),
+        }
+    }
+    let took = started.elapsed();
+    eprintln!("group change → signed assignment on the door: {took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    // The person is forgotten after the door left their shard: the door
+    // held them, so it counts only once it reports the purge.
+    let delete = Request::delete(format!("/v1/identities/{person}"))
+        .header("authorization", format!("Bearer {admin}"))
+        .body(Body::empty())
+        .unwrap();
+    let (status, body) = server.send(delete).await;
+    assert!(status.is_success(), "{body}");
+    let body = erasure(&server, &person).await;
+    let devices = body["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1, "{body}");
+    assert_eq!((devices[0]["device"].clone(), devices[0]["forgotten"].clone()), (json!("door-g"), json!(false)));
+    assert_eq!(body["complete"], false);
+    // A status of the old assignment (still listing lobby) is not a purge.
+    door.send_status(&door.status(0, &[("lobby", 1)], None), &door.signer).await;
+    counted(&runtime, "status_recorded", 1).await;
+    assert_eq!(erasure(&server, &person).await["complete"], false);
+    door.send_status(&door.status(1, &[("lab", 0)], None), &door.signer).await;
+    counted(&runtime, "status_recorded", 2).await;
+    let body = erasure(&server, &person).await;
+    assert_eq!(body["complete"], true, "{body}");
+    runtime.service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_audit_event_reusing_a_key_with_other_content_is_flagged_and_kept_aside() {
+    let db = database();
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (server, runtime) =
+        server_with_sync(&db.uri, &fresh_name(), &sync_config(state.path(), port, "server-c")).await;
+    create_group(&server, "lobby").await;
+    let mut door = Device::enroll(&server, "door-c", &["lobby"], port).await;
+    door.subscribe(&topics::device_down(&door.id)).await;
+    let id = door.id.clone();
+    let in_epoch = |epoch: u64, seq: u64| AuditEvent { epoch, ..event(&id, seq) };
+
+    door.send_up(Up::Audit(AuditBatch { events: vec![in_epoch(5, 1), in_epoch(5, 2)] })).await;
+    assert_eq!(door.next_down().await, Down::AuditAck { epoch: 5, up_to_seq: 2 });
+    // The same key, other content: flagged, kept aside, acknowledged.
+    let mut changed = in_epoch(5, 1);
+    changed.decision = facegate_protocol::Decision::Grant;
+    door.send_up(Up::Audit(AuditBatch { events: vec![changed] })).await;
+    assert_eq!(door.next_down().await, Down::AuditAck { epoch: 5, up_to_seq: 1 });
+    assert_eq!(runtime.service.stats.get("audit_conflict"), 1);
+    let conflicts = server.app.store.audit_conflicts_of("door-c").await.unwrap();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    // The same seq in another outbox epoch is another event.
+    door.send_up(Up::Audit(AuditBatch { events: vec![in_epoch(6, 1)] })).await;
+    assert_eq!(door.next_down().await, Down::AuditAck { epoch: 6, up_to_seq: 1 });
+    assert_eq!(server.app.store.count_audit().await.unwrap(), 3);
+    assert_eq!(runtime.service.stats.get("audit_inserted"), 3);
+    let (_, page) = server.get("/v1/audit/events?device=door-c", &server.token(Role::Auditor)).await;
+    let decisions: Vec<&str> =
+        page["events"].as_array().unwrap().iter().map(|e| e["decision"].as_str().unwrap()).collect();
+    assert!(!decisions.contains(&"grant"), "the stored event stays: {page}");
+    runtime.service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_door_trusting_the_previous_signing_key_is_rolled_over_to_the_new_one() {
+    use facegate_protocol::sync::device::{
+        DeviceAction, DeviceConfig, DeviceInput, DeviceState, DeviceSync, StatusInfo,
+    };
+    let db = database();
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // The key is rotated before the server starts: it signs with the new
+    // key and keeps the previous one.
+    facegate_sync_server::sync::pki::Pki::load_or_create(state.path(), &[]).unwrap();
+    let old_pk8 = std::fs::read(state.path().join("signing.pk8")).unwrap();
+    let old = facegate_protocol::SigningKey::from_pkcs8(&old_pk8).unwrap().public_key();
+    let rollover = facegate_sync_server::sync::pki::rotate_signing_key(state.path(), false).unwrap();
+    assert_eq!(rollover.previous, old.key_id());
+    let (server, runtime) =
+        server_with_sync(&db.uri, &fresh_name(), &sync_config(state.path(), port, "server-k")).await;
+    create_group(&server, "lobby").await;
+    let mut door = Device::enroll(&server, "door-k", &["lobby"], port).await;
+    assert_eq!(door.answer.signing_keys[0].key_id, rollover.current.to_string());
+    door.subscribe(&topics::device_down(&door.id)).await;
+
+    // The real device machine, provisioned before the rotation: it trusts the old key.
+    let signer = DeviceSigningKey::from_pkcs8(&DeviceSigningKey::generate_pkcs8().unwrap()).unwrap();
+    let mut machine = DeviceSync::new(
+        door.id.clone(),
+        TrustedKeys::new([old.clone()]),
+        signer,
+        DeviceConfig::default(),
+        DeviceState {
+            shards: vec![ShardProgress { shard: ShardId::new("lobby").unwrap(), seq: 0 }],
+            ..DeviceState::default()
+        },
+        StatusInfo { model_id: None, version: "test".into(), health: "ok".into() },
+        0,
+    );
+    // Its status says so (signed with the door's provisioned key).
+    door.send_status(&door.status(0, &[("lobby", 0)], Some(old.key_id().to_string())), &door.signer).await;
+    let topic = topics::device_down(&door.id);
+    let payload = door.next_on(&topic).await;
+    let actions = machine.handle(1, DeviceInput::Received { topic: &topic, payload: &payload });
+    let trusted: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            DeviceAction::TrustKeys(keys) => Some(keys.iter().map(|k| k.key_id()).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(trusted, vec![vec![rollover.current]], "{actions:?}");
+    assert_eq!(runtime.service.stats.get("key_rollover_sent"), 1);
+    // A door already on the new key is left alone.
+    door.send_status(&door.status(0, &[("lobby", 0)], Some(rollover.current.to_string())), &door.signer).await;
+    counted(&runtime, "status_recorded", 2).await;
+    assert_eq!(runtime.service.stats.get("key_rollover_sent"), 1);
+    runtime.service.stop().await;
 }

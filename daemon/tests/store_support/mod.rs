@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use facegate_daemon::store::{DeviceKey, GalleryModel, LiveShard, StoreConfig};
+use facegate_daemon::store::{DeviceKey, GalleryModel, LiveShard, StoreConfig, StoreError};
 use facegate_protocol::{
     AuditEvent, Decision, DeltaBatch, DeltaOp, DeviceId, IdentityId, IdentityRecord, LivenessVerdict, ShardId,
     StageMillis, TemplateRecord,
@@ -38,8 +38,20 @@ impl Fixture {
         DeviceKey::load(&self.key_path).unwrap()
     }
 
+    /// Opens the database. A reopen right after a drop may find it still
+    /// locked: sled hands segment writes to background threads that keep
+    /// the database file (and its lock) open until they finish, so the
+    /// lock outlives the last handle by a moment; that is retried briefly.
     pub fn open(&self) -> LiveShard {
-        LiveShard::open(&self.config, self.key()).unwrap()
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match LiveShard::open(&self.config, self.key()) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                result => return result.unwrap(),
+            }
+        }
     }
 }
 

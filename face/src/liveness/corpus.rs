@@ -281,7 +281,17 @@ impl<'a> AttackClip<'a> {
         let s = f64::from(self.scale * k);
         let (c, si) = (f64::from(angle).cos() * s, f64::from(angle).sin() * s);
         // Forward: q = C · P · A · p, with p relative to the face centre.
-        let a = [c, -si, -c * f64::from(fc.x) + si * f64::from(fc.y), si, c, -si * f64::from(fc.x) - c * f64::from(fc.y), 0.0, 0.0, 1.0];
+        let a = [
+            c,
+            -si,
+            -c * f64::from(fc.x) + si * f64::from(fc.y),
+            si,
+            c,
+            -si * f64::from(fc.x) - c * f64::from(fc.y),
+            0.0,
+            0.0,
+            1.0,
+        ];
         let p = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, f64::from(gx), f64::from(gy), 1.0];
         let cc = [1.0, 0.0, f64::from(self.centre.0 + tx), 0.0, 1.0, f64::from(self.centre.1 + ty), 0.0, 0.0, 1.0];
         invert(&multiply(&cc, &multiply(&p, &a)))
@@ -450,7 +460,11 @@ mod tests {
 
     fn photo() -> SourcePhoto {
         let image = RgbImage::from_fn(200, 240, |x, y| Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 251) as u8]));
-        SourcePhoto { identity: "Some_One".into(), image, face: BoundingBox { x: 60.0, y: 70.0, width: 80.0, height: 100.0 } }
+        SourcePhoto {
+            identity: "Some_One".into(),
+            image,
+            face: BoundingBox { x: 60.0, y: 70.0, width: 80.0, height: 100.0 },
+        }
     }
 
     #[test]

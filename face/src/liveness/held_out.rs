@@ -140,11 +140,7 @@ impl Recorder<'_> {
 
     /// Cuts `frames` into attempts of one window each; `first_only` stops
     /// after the first.
-    fn attempts(
-        &mut self,
-        frames: &mut Frames<'_>,
-        first_only: bool,
-    ) -> Result<(Vec<Attempt>, bool), FrameReadError> {
+    fn attempts(&mut self, frames: &mut Frames<'_>, first_only: bool) -> Result<(Vec<Attempt>, bool), FrameReadError> {
         let mut done: Vec<Attempt> = Vec::new();
         let mut open: Option<Open> = None;
         let mut any_face = false;
@@ -178,7 +174,12 @@ impl Recorder<'_> {
             }
             o.last_seen = at;
             o.last_box = face.bbox;
-            if since >= options.window
+            // A spoof from a cue no tuned threshold acts on (frozen, texture,
+            // planar surroundings, the model) ends the attempt as the kiosk
+            // would, whatever the thresholds: the rest of the window is moot.
+            let result = o.track.result();
+            let settled = result.verdict == Verdict::Spoof && result.reason.code() != "rigid-face";
+            if (since >= options.window || settled)
                 && let Some(o) = open.take()
             {
                 done.push((o.steps, true));
@@ -233,7 +234,8 @@ pub fn photos(
             if !tried.insert(sample.path.clone()) {
                 continue;
             }
-            let read_error = |message: String| LivenessEvalError::Read { path: sample.path.display().to_string(), message };
+            let read_error =
+                |message: String| LivenessEvalError::Read { path: sample.path.display().to_string(), message };
             let bytes = std::fs::read(&sample.path).map_err(|e| read_error(e.to_string()))?;
             let image = crate::decode_image(&bytes).map_err(|e| read_error(e.to_string()))?;
             if image.width().min(image.height()) < 64 {
@@ -280,7 +282,8 @@ pub fn record(
                 }
                 Ok(())
             };
-            let (attempts, any_face) = recorder.attempts(&mut frames, true).map_err(|e| read_error(&name_of(species, photo), e))?;
+            let (attempts, any_face) =
+                recorder.attempts(&mut frames, true).map_err(|e| read_error(&name_of(species, photo), e))?;
             let name = species.as_str().to_owned();
             if !any_face {
                 *no_face.entry(name.clone()).or_default() += 1;

@@ -39,8 +39,8 @@
 //! [`eval`] measures the whole on labelled stills and clips ([`dataset`]):
 //! APCER per attack type and BPCER, as `facegate-daemon eval liveness` does.
 
-pub mod corpus;
 mod config;
+pub mod corpus;
 pub mod dataset;
 mod deformation;
 pub mod eval;

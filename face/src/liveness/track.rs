@@ -420,15 +420,8 @@ mod tests {
     }
 
     fn deformed(mut cue: FrameCues, motion: f32, residual: f32, local: f32) -> FrameCues {
-        cue.deformation = Some(DeformationMeasure {
-            lag_ms: 200.0,
-            points: 30,
-            motion,
-            residual,
-            outliers: 0.0,
-            local,
-            change: 1.0,
-        });
+        cue.deformation =
+            Some(DeformationMeasure { lag_ms: 200.0, points: 30, motion, residual, outliers: 0.0, local, change: 1.0 });
         cue
     }
 
