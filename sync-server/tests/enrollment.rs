@@ -227,7 +227,7 @@ async fn audit_batches_are_stored_once_however_often_they_are_replayed() {
     assert_eq!((again.inserted, again.duplicates), (0, 5));
     let decision = |s: u64| match s {
         6.. => Decision::Deny,
-        _ if s % 2 == 0 => Decision::Grant,
+        _ if s.is_multiple_of(2) => Decision::Grant,
         _ => Decision::Unknown,
     };
     let overlap = AuditBatch { events: (4..=7).map(|s| event(s, decision(s))).collect() };
