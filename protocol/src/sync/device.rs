@@ -377,6 +377,10 @@ pub struct DeviceSync {
     config: DeviceConfig,
     shards: BTreeMap<ShardId, Shard>,
     assignment_version: u64,
+    /// The assignment version the status reports: raised only once the
+    /// shards it dropped are purged, so the centre never counts a removal
+    /// as forgotten by a door that still holds it.
+    reported_assignment: u64,
     epoch: u64,
     outbox_epoch: u64,
     freshness: Freshness,
@@ -431,6 +435,7 @@ impl DeviceSync {
             config,
             shards,
             assignment_version: state.assignment_version,
+            reported_assignment: state.assignment_version,
             epoch: state.epoch,
             outbox_epoch: state.outbox_epoch,
             freshness,
@@ -856,6 +861,7 @@ impl DeviceSync {
         }
         self.freshness.unsaved = Some(self.persisted());
         if self.freshness.purging.is_empty() {
+            self.reported_assignment = self.assignment_version;
             if let Some(persisted) = self.freshness.unsaved.take() {
                 out.push(DeviceAction::Persist(persisted));
             }
@@ -887,6 +893,7 @@ impl DeviceSync {
         }
         self.status_dirty = true;
         if self.freshness.purging.is_empty() {
+            self.reported_assignment = self.assignment_version;
             if let Some(persisted) = self.freshness.unsaved.take() {
                 out.push(DeviceAction::Persist(persisted));
             }
@@ -1184,7 +1191,7 @@ impl DeviceSync {
             outbox_depth: self.audit.depth,
             last_command: self.last_command_id,
             stale: self.is_stale(now),
-            assignment: self.assignment_version,
+            assignment: self.reported_assignment,
             trusted_key: self.keys.keys().first().map(|k| k.key_id().to_string()),
         };
         self.sign(&status).map(|payload| Publish { topic: topics::device_status(&self.device), payload, retain: true })

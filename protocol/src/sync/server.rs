@@ -382,7 +382,10 @@ impl ServerSync {
 
     fn record_applied(&mut self, device: &DeviceId, shard: &ShardId, seq: u64, out: &mut Vec<ServerAction>) {
         let shards = self.applied.entry(device.clone()).or_default();
-        if shards.get(shard).is_none_or(|&known| seq > known) {
+        // Any change is passed on (the store keeps the maximum within an
+        // epoch): remembering only the highest would swallow a true, lower
+        // acknowledgement after a new epoch reset the recorded seqs.
+        if shards.get(shard).is_none_or(|&known| seq != known) {
             shards.insert(shard.clone(), seq);
             out.push(ServerAction::RecordApplied { device: device.clone(), shard: shard.clone(), seq });
         }

@@ -252,9 +252,8 @@ fn site(broker: Broker) {
         erasure["devices"].as_array().unwrap().iter().any(|d| d["device"] == "door-1" && d["forgotten"] == true);
     assert!(!door1_forgot, "the centre believes the starved door forgot him: {erasure}");
     assert_eq!(erasure["complete"], false, "{erasure}");
-    let rules = std::fs::read_to_string(facegate_system_tests::repo().join("daemon/alerts/kiosk.rules.yml"))
-        .or_else(|_| std::fs::read_to_string(facegate_system_tests::repo().join("systemd/kiosk.rules.yml")))
-        .unwrap_or_default();
+    let rules =
+        std::fs::read_to_string(facegate_system_tests::repo().join("daemon/alerts/facegate-daemon.rules.yml")).unwrap();
     assert!(rules.contains("FacegateGalleryStale") && rules.contains("facegate_gallery_stale"), "no alert rule");
 
     // The network heals: door-1 catches up, forgets him, and is fresh again.

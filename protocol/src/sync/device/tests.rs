@@ -848,3 +848,18 @@ fn a_delayed_proof_still_verifies_a_shard_that_moved_on() {
     assert!(rejections(&out).is_empty(), "{out:?}");
     assert_eq!(m.fresh_until(), Some(T0 + 30_000));
 }
+
+/// Reported by the server side: the status must not show a new assignment
+/// before the shards it dropped are purged, or the centre counts an erasure
+/// done by a door that still holds the person.
+#[test]
+fn the_status_reports_an_assignment_only_once_its_purge_is_done() {
+    let mut m = current(4);
+    let lab = ShardId::new("lab").unwrap();
+    m.handle(T0 + 1, down(Down::Assignment(Assignment { version: 3, shards: vec![lab] })).input());
+    let before = statuses(&m.handle(T0 + 10_000, DeviceInput::Tick));
+    assert!(before.iter().all(|s| s.assignment == 0), "{before:?}");
+    m.handle(T0 + 10_001, DeviceInput::Purged { shards: vec![lobby()] });
+    let after = statuses(&m.handle(T0 + 20_000, DeviceInput::Tick));
+    assert_eq!(after.last().map(|s| s.assignment), Some(3));
+}
