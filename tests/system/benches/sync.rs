@@ -36,10 +36,13 @@ use facegate_daemon::store::{DeviceKey, GalleryModel, GalleryStore, LiveShard, S
 use facegate_protocol::sync::device::{DeviceAction, DeviceConfig, DeviceInput, DeviceState, DeviceSync, StatusInfo};
 use facegate_protocol::{
     AuditBatch, AuditEvent, Decision, DeltaBatch, DeviceId, Down, DownMessage, LivenessVerdict, ShardId, ShardProgress,
-    SigningKey, StageMillis, TrustedKeys, Up, UpMessage, decode_verified, encode, topics,
+    DeviceSigningKey, SigningKey, StageMillis, TrustedKeys, Up, UpMessage, decode_verified, encode_device_signed,
+    topics,
 };
 use facegate_sync_server::store::{Store, binary as bson_binary};
-use facegate_system_tests::{Broker, Central, Work, audit_seqs_exactly_once, binary, database, device_tls, live_clip};
+use facegate_system_tests::{
+    Broker, Central, Work, audit_seqs_exactly_once, binary, database, device_signing_key, device_tls, live_clip,
+};
 use mongodb::bson::{Document, doc};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
@@ -128,7 +131,7 @@ impl Figures {
 #[allow(clippy::too_many_arguments)]
 async fn propagation(
     central: &Central,
-    tls: &Arc<rustls::ClientConfig>,
+    sims: &[Arc<rustls::ClientConfig>],
     keys: &TrustedKeys,
     n: usize,
     rounds: usize,
@@ -140,7 +143,7 @@ async fn propagation(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let started = Instant::now();
     let clients: Vec<AsyncClient> =
-        (0..n).map(|i| client(tls, format!("sim-{n}-{i}"), central.mqtt_port, i, tx.clone())).collect();
+        (0..n).map(|i| client(&sims[i], format!("sim-{i}"), central.mqtt_port, i, tx.clone())).collect();
     drop(tx);
     let (mut connected, mut subscribed) = (0, 0);
     while subscribed < n {
@@ -219,6 +222,7 @@ async fn propagation(
 fn event(device: &DeviceId, seq: u64) -> AuditEvent {
     AuditEvent {
         device: device.clone(),
+        epoch: 0,
         seq,
         at: 1_790_000_000_000 + seq as i64,
         decision: Decision::Unknown,
@@ -235,7 +239,7 @@ fn event(device: &DeviceId, seq: u64) -> AuditEvent {
 
 async fn audit_ingest(
     central: &Central,
-    devices: &[(DeviceId, Arc<rustls::ClientConfig>)],
+    devices: &[(DeviceId, Arc<rustls::ClientConfig>, DeviceSigningKey)],
     keys: &TrustedKeys,
     batches: u64,
     per_batch: u64,
@@ -246,7 +250,7 @@ async fn audit_ingest(
     let clients: Vec<AsyncClient> = devices
         .iter()
         .enumerate()
-        .map(|(i, (id, tls))| client(tls, id.to_string(), central.mqtt_port, i, tx.clone()))
+        .map(|(i, (id, tls, _))| client(tls, id.to_string(), central.mqtt_port, i, tx.clone()))
         .collect();
     drop(tx);
     let mut subscribed = 0;
@@ -261,10 +265,10 @@ async fn audit_ingest(
     }
     let total = batches * per_batch * devices.len() as u64;
     let send = |i: usize, batch: u64| {
-        let (device, _) = &devices[i];
+        let (device, _, key) = &devices[i];
         let events = (batch * per_batch + 1..=(batch + 1) * per_batch).map(|s| event(device, s)).collect();
         let message = UpMessage { device: device.clone(), sent_at: 0, body: Up::Audit(AuditBatch { events }) };
-        (topics::device_up(device), encode(&message).unwrap())
+        (topics::device_up(device), encode_device_signed(&message, key).unwrap())
     };
     let started = Instant::now();
     let mut next = vec![0u64; devices.len()];
@@ -278,7 +282,7 @@ async fn audit_ingest(
             tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.expect("audit acknowledgements").unwrap();
         let Seen::Message { client, payload, .. } = seen else { continue };
         let message: DownMessage = decode_verified(&payload, keys).unwrap();
-        let Down::AuditAck { up_to_seq } = message.body else { continue };
+        let Down::AuditAck { up_to_seq, .. } = message.body else { continue };
         if up_to_seq < (next[client] + 1) * per_batch {
             continue; // an older acknowledgement
         }
@@ -295,7 +299,7 @@ async fn audit_ingest(
         let _ = c.disconnect().await;
     }
     let api = central.api.clone();
-    let ids: Vec<String> = devices.iter().map(|(d, _)| d.to_string()).collect();
+    let ids: Vec<String> = devices.iter().map(|(d, _, _)| d.to_string()).collect();
     let stored: u64 =
         tokio::task::spawn_blocking(move || ids.iter().map(|d| audit_seqs_exactly_once(&api, d).len() as u64).sum())
             .await
@@ -371,7 +375,7 @@ async fn seed_shard(uri: &str, shard: &str, templates: usize, per_person: usize)
 async fn snapshot(
     central: &Central,
     uri: &str,
-    tls: &Arc<rustls::ClientConfig>,
+    (tls, signer): (&Arc<rustls::ClientConfig>, DeviceSigningKey),
     keys: &TrustedKeys,
     (templates, per_person): (usize, usize),
     broker: Broker,
@@ -391,6 +395,7 @@ async fn snapshot(
     let mut machine = DeviceSync::new(
         device.clone(),
         keys.clone(),
+        signer,
         DeviceConfig::default(),
         DeviceState { shards: vec![ShardProgress { shard: big.clone(), seq: 0 }], ..DeviceState::default() },
         StatusInfo { model_id: Some(MODEL.into()), version: "bench".into(), health: "ok".into() },
@@ -507,7 +512,8 @@ fn main() {
         let mut central = Central::start(work.path(), &db, broker);
         let api = central.api.clone();
         api.create_group("lobby");
-        let sim_token = api.add_device("sim", &["lobby"]);
+        let most = sizes.iter().copied().max().unwrap_or(0);
+        let sim_tokens: Vec<String> = (0..most).map(|i| api.add_device(&format!("sim-{i}"), &["lobby"])).collect();
         api.create_group("big");
         let snap_token = api.add_device("snap", &["big"]);
         let audit_tokens: Vec<(String, String)> =
@@ -517,20 +523,28 @@ fn main() {
             TrustedKeys::new([SigningKey::from_pkcs8(&std::fs::read(central.sync_dir().join("signing.pk8")).unwrap())
                 .unwrap()
                 .public_key()]);
-        let sim = device_tls(&provision(work.path(), &api.url, &sim_token, "sim"));
-        let snap = device_tls(&provision(work.path(), &api.url, &snap_token, "snap"));
-        let audit_devices: Vec<(DeviceId, Arc<rustls::ClientConfig>)> = audit_tokens
+        // One certificate per simulated kiosk: the broker binds the client id
+        // to the certificate's CN.
+        let sims: Vec<Arc<rustls::ClientConfig>> = sim_tokens
+            .iter()
+            .enumerate()
+            .map(|(i, token)| device_tls(&provision(work.path(), &api.url, token, &format!("sim-{i}"))))
+            .collect();
+        let snap_dir = provision(work.path(), &api.url, &snap_token, "snap");
+        let snap = (device_tls(&snap_dir), device_signing_key(&snap_dir));
+        let audit_devices: Vec<(DeviceId, Arc<rustls::ClientConfig>, DeviceSigningKey)> = audit_tokens
             .iter()
             .map(|(d, token)| {
-                (DeviceId::new(d.clone()).unwrap(), device_tls(&provision(work.path(), &api.url, token, d)))
+                let dir = provision(work.path(), &api.url, token, d);
+                (DeviceId::new(d.clone()).unwrap(), device_tls(&dir), device_signing_key(&dir))
             })
             .collect();
         runtime.block_on(async {
             for &n in &sizes {
-                propagation(&central, &sim, &keys, n, rounds, broker, &mut figures).await;
+                propagation(&central, &sims, &keys, n, rounds, broker, &mut figures).await;
             }
             audit_ingest(&central, &audit_devices, &keys, batches, per_batch, broker, &mut figures).await;
-            snapshot(&central, &db.uri, &snap, &keys, (snapshot_templates, per_person), broker, &mut figures).await;
+            snapshot(&central, &db.uri, (&snap.0, snap.1), &keys, (snapshot_templates, per_person), broker, &mut figures).await;
         });
     }
     println!("\nsync figures ({}):", if bench { "cargo bench" } else { "test mode, small" });
