@@ -36,8 +36,11 @@
 //! The cues need the frame, not the aligned chip: texture at native
 //! resolution, motion of what surrounds the face. All of it is pure Rust.
 //!
-//! [`eval`] measures the whole on labelled stills and clips ([`dataset`]):
-//! APCER per attack type and BPCER, as `facegate-daemon eval liveness` does.
+//! [`held_out`] measures the whole on the attack corpus [`corpus`] generates
+//! from dev photos and on the dev clips, thresholds chosen on one half of the
+//! identities and figures reported on the other — APCER per species and
+//! BPCER, as `facegate-daemon eval liveness` prints them; [`eval`] is the
+//! per-file evaluation of labelled stills and clips ([`dataset`]).
 
 mod config;
 pub mod corpus;

@@ -174,12 +174,7 @@ pub struct LivenessTrack {
 }
 
 /// Picks the kept sample closest to `lag` before `at` (between half and twice the lag).
-fn reference<'a, T>(
-    samples: &'a VecDeque<T>,
-    at: Duration,
-    lag: Duration,
-    time: impl Fn(&T) -> Duration,
-) -> Option<&'a T> {
+fn reference<T>(samples: &VecDeque<T>, at: Duration, lag: Duration, time: impl Fn(&T) -> Duration) -> Option<&T> {
     samples
         .iter()
         .filter(|s| {
