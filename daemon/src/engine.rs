@@ -438,6 +438,7 @@ mod tests {
             score: Some(0.9),
             code: "test",
             reason: "test".into(),
+            cues: None,
         }
     }
 
@@ -448,6 +449,7 @@ mod tests {
             valid_from: None,
             valid_until,
             version: 1,
+            offline_access: false,
         }
     }
 

@@ -265,3 +265,126 @@ async fn a_snapshot_reads_every_identity_of_its_shard_page_by_page_labelled_with
     }
     assert_eq!(store.shard_snapshot(&lobby).await.unwrap(), (label, entries), "one page or many, the same");
 }
+
+fn action(n: usize) -> facegate_sync_server::store::AdminActionDoc {
+    facegate_sync_server::store::AdminActionDoc {
+        id: format!("act-{n}-{}", fresh_name()),
+        at: 0,
+        actor: "test".into(),
+        role: "admin".into(),
+        action: "identity.update".into(),
+        target: None,
+        outcome: "ok".into(),
+        detail: Document::new(),
+    }
+}
+
+async fn insert_person(store: &Store, id: &str, valid_from: Option<i64>, valid_until: Option<i64>) {
+    use facegate_sync_server::store::binary;
+    store
+        .database()
+        .collection::<Document>("identities")
+        .insert_one(doc! { "_id": id, "name": "person", "valid_from": valid_from, "valid_until": valid_until,
+        "groups": ["lobby"], "version": 1_i64, "created_at": 0_i64, "updated_at": 0_i64, "created_by": "test" })
+        .await
+        .unwrap();
+    store
+        .database()
+        .collection::<Document>("templates")
+        .insert_one(doc! { "_id": format!("tp-{id}"), "identity": id, "model_id": "m",
+        "vector": binary(vec![0, 0, 128, 63]), "photo": "ph", "created_at": 0_i64 })
+        .await
+        .unwrap();
+}
+
+/// Regression (issue 20): the window was checked against a read made before
+/// the transaction, so two PATCHes, one per bound, each valid alone, stored
+/// `valid_from >= valid_until` together; the publisher then could not encode
+/// the person and the shard froze on every door.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_patches_never_store_an_empty_validity_window() {
+    use facegate_sync_server::store::identities::IdentityPatch;
+    let db = database();
+    let store = connect(&db.uri, &fresh_name()).await;
+    for round in 0..5 {
+        let id = format!("id-{round}");
+        insert_person(&store, &id, None, None).await;
+        let later_start = IdentityPatch { valid_from: Some(Some(100_000)), ..IdentityPatch::default() };
+        let earlier_end = IdentityPatch { valid_until: Some(Some(50_000)), ..IdentityPatch::default() };
+        let (first_action, second_action) = (action(2 * round), action(2 * round + 1));
+        let (first, second) = tokio::join!(
+            store.update_identity(&id, &later_start, &first_action),
+            store.update_identity(&id, &earlier_end, &second_action),
+        );
+        let stored = store.identity(&id).await.unwrap().unwrap();
+        if let (Some(from), Some(until)) = (stored.valid_from, stored.valid_until) {
+            assert!(from < until, "round {round}: stored the empty window {from}..{until}");
+        }
+        let refused = [&first, &second].iter().filter(|r| matches!(r, Err(StoreError::EmptyWindow { .. }))).count();
+        assert_eq!(refused, 1, "round {round}: exactly one of the two is refused: {first:?} {second:?}");
+    }
+}
+
+/// An identity whose stored window is empty (written before the check above,
+/// or narrower than the second devices count in) is published as never
+/// valid: the delta and the snapshot of its shard still encode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_with_an_empty_window_is_published_as_never_valid_and_never_freezes_its_shard() {
+    use facegate_sync_server::store::deltas::{NEVER_VALID_UNTIL, record};
+    let db = database();
+    let store = connect(&db.uri, &fresh_name()).await;
+    let lobby = ShardId::new("lobby").unwrap();
+    insert_person(&store, "id-broken", Some(200_000), Some(100_000)).await;
+    insert_person(&store, "id-narrow", Some(1_500), Some(1_999)).await;
+    insert_person(&store, "id-fine", Some(1_500), Some(9_000)).await;
+    let entry = |id: &str| DeltaEntry { kind: DeltaKind::Upsert, identity: id.into(), version: 1 };
+    store.append_deltas(&lobby, &[entry("id-broken"), entry("id-narrow"), entry("id-fine")]).await.unwrap();
+
+    let batch = store.read_deltas_after(&lobby, 0, 100).await.unwrap().unwrap();
+    assert_eq!(batch.ops.len(), 3);
+    let key = facegate_protocol::SigningKey::from_seed(&[7; 32]).unwrap();
+    facegate_protocol::codec::encode_signed(&batch, &key).expect("the delta encodes");
+    for op in &batch.ops {
+        let DeltaOp::Upsert { identity, .. } = op else { panic!("{op:?}") };
+        match identity.id.as_str() {
+            "id-fine" => assert_eq!((identity.valid_from, identity.valid_until), (Some(2), Some(9))),
+            _ => {
+                assert_eq!((identity.valid_from, identity.valid_until), (None, Some(NEVER_VALID_UNTIL)));
+                assert!(!identity.valid_at(0) && !identity.valid_at(150) && !identity.valid_at(1_000_000_000));
+            }
+        }
+    }
+    let stored = store.identity("id-broken").await.unwrap().unwrap();
+    assert!(!record(&stored).unwrap().valid_at(150));
+
+    let (_, entries) = store.shard_snapshot(&lobby).await.unwrap();
+    assert_eq!(entries.len(), 3);
+    let chunk =
+        facegate_protocol::SnapshotChunk { shard: lobby.clone(), seq: 3, snapshot: 1, index: 0, count: 1, entries };
+    let resync = facegate_protocol::DownMessage {
+        device: facegate_protocol::DeviceId::new("kiosk-1").unwrap(),
+        sent_at: 0,
+        body: facegate_protocol::Down::Snapshot(chunk),
+    };
+    facegate_protocol::codec::encode_signed(&resync, &key).expect("the snapshot encodes");
+}
+
+/// Regression (issue 20): `after_seq as i64 + 1` overflowed at `i64::MAX`
+/// and sequence numbers above it were clamped; now nothing comes after
+/// `i64::MAX`, and a seq beyond it is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_numbers_beyond_i64_are_refused_never_wrapped() {
+    let db = database();
+    let store = connect(&db.uri, &fresh_name()).await;
+    let lobby = ShardId::new("lobby").unwrap();
+    assert_eq!(store.read_deltas_after(&lobby, i64::MAX as u64, 10).await.unwrap(), None);
+    let beyond = i64::MAX as u64 + 1;
+    assert!(
+        matches!(store.read_deltas_after(&lobby, beyond, 10).await, Err(StoreError::SeqOutOfRange(s)) if s == beyond)
+    );
+    assert!(matches!(store.delta_entries_after("lobby", u64::MAX, 10).await, Err(StoreError::SeqOutOfRange(_))));
+    assert!(matches!(store.record_published(&lobby, u64::MAX, "test").await, Err(StoreError::SeqOutOfRange(_))));
+    assert_eq!(store.published_seq(&lobby).await.unwrap(), 0, "nothing clamped to i64::MAX was recorded");
+    assert!(matches!(store.record_device_applied("kiosk-1", "lobby", beyond).await, Err(StoreError::SeqOutOfRange(_))));
+    assert!(matches!(store.device_reported("kiosk-1", beyond).await, Err(StoreError::SeqOutOfRange(_))));
+}

@@ -31,6 +31,7 @@ fn entry(name: &str, axis: usize) -> SnapshotEntry {
             valid_from: None,
             valid_until: None,
             version: 1,
+            offline_access: false,
         },
         templates: vec![TemplateRecord {
             model_id: "test-model".into(),
@@ -56,6 +57,7 @@ fn context_at(root: &Path) -> SyncContext {
         shutdown: Arc::default(),
         connected: Arc::default(),
         config: DeviceConfig::default(),
+        freshness: FreshnessGate::off(),
     }
 }
 
@@ -93,13 +95,13 @@ async fn a_wipe_whose_write_fails_leaves_no_marker_and_no_one_to_grant() {
     fixture.ctx.shard.store().fail_next_flushes(1);
     assert!(fixture.execute(7, Command::Wipe).await.is_err());
     assert!(!is_wiped(&fixture.ctx.dir), "the wiped marker was written before the shards were emptied");
-    assert_eq!(read_last_command(&fixture.ctx.dir).unwrap(), 0, "a failed command was recorded as done");
+    assert_eq!(state::read_last_command(&fixture.ctx.dir).unwrap(), 0, "a failed command was recorded as done");
     assert_eq!(fixture.identities(), 0, "the matcher still holds identities the failed wipe removed in sled");
 
     // The next delivery of the same command finishes the wipe.
     fixture.execute(7, Command::Wipe).await.unwrap();
     assert!(is_wiped(&fixture.ctx.dir));
-    assert_eq!(read_last_command(&fixture.ctx.dir).unwrap(), 7);
+    assert_eq!(state::read_last_command(&fixture.ctx.dir).unwrap(), 7);
     assert_eq!(fixture.identities(), 0);
     assert_eq!(fixture.stored_identities(), 0);
 }
@@ -107,7 +109,7 @@ async fn a_wipe_whose_write_fails_leaves_no_marker_and_no_one_to_grant() {
 #[tokio::test]
 async fn a_wipe_marker_left_over_a_full_gallery_is_finished_when_sync_starts() {
     let fixture = Fixture::new();
-    write_durably(&fixture.ctx.dir, WIPED, "an older build wrote the marker first\n").unwrap();
+    state::write_atomically(&fixture.ctx.dir, WIPED, b"an older build wrote the marker first\n").unwrap();
     run(fixture.ctx.clone()).await.unwrap();
     assert_eq!(fixture.identities(), 0);
     assert_eq!(fixture.stored_identities(), 0);
@@ -118,9 +120,9 @@ async fn a_command_that_failed_is_not_recorded_as_executed() {
     let fixture = Fixture::new();
     fixture.ctx.shard.store().fail_next_flushes(1);
     assert!(fixture.execute(9, Command::RotateKey).await.is_err());
-    assert_eq!(read_last_command(&fixture.ctx.dir).unwrap(), 0);
+    assert_eq!(state::read_last_command(&fixture.ctx.dir).unwrap(), 0);
     fixture.execute(9, Command::RotateKey).await.unwrap();
-    assert_eq!(read_last_command(&fixture.ctx.dir).unwrap(), 9);
+    assert_eq!(state::read_last_command(&fixture.ctx.dir).unwrap(), 9);
 }
 
 #[tokio::test]
@@ -162,7 +164,7 @@ async fn crash_child_runs_commands_until_killed_and_does_nothing_when_run_direct
     let ctx = context_at(Path::new(root));
     match mode {
         "rotate" => {
-            for id in read_last_command(&ctx.dir).unwrap() + 1.. {
+            for id in state::read_last_command(&ctx.dir).unwrap() + 1.. {
                 execute_command(&ctx, id, Command::RotateKey).await.unwrap();
                 println!("done {id}");
                 std::io::Write::flush(&mut std::io::stdout()).unwrap();
@@ -228,7 +230,7 @@ fn a_key_rotation_killed_at_any_moment_leaves_a_gallery_that_opens_with_the_key_
         let ctx = context_at(&root);
         assert_eq!(ctx.shard.entries().unwrap(), before, "iteration {iteration}");
         assert!(!pending_key_path(&ctx.key_path).exists(), "iteration {iteration}: a leftover key survived the start");
-        let recorded = read_last_command(&ctx.dir).unwrap();
+        let recorded = state::read_last_command(&ctx.dir).unwrap();
         assert!(
             recorded == done || recorded == done + 1,
             "iteration {iteration}: last command {recorded}, done {done}"

@@ -43,8 +43,8 @@ impl SyncError {
     /// Whether retrying soon cannot help: only a person can fix it.
     pub fn needs_an_operator(&self) -> bool {
         match self {
-            Self::Provision(_) | Self::Tls(_) | Self::Corrupt(_) => true,
-            Self::Io { .. } | Self::Store(_) | Self::Task(_) => false,
+            Self::Provision(_) | Self::Tls(_) | Self::Corrupt(_) | Self::SigningKey { .. } => true,
+            Self::Io { .. } | Self::Store(_) | Self::Task(_) | Self::Random => false,
         }
     }
 }

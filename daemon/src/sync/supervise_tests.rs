@@ -27,6 +27,7 @@ fn context(root: &std::path::Path, metrics: Metrics) -> SyncContext {
         shutdown: Arc::default(),
         connected: Arc::default(),
         config: Default::default(),
+        freshness: crate::freshness::FreshnessGate::off(),
     }
 }
 

@@ -56,7 +56,10 @@ fn store_status(e: &StoreError) -> StatusCode {
     match e {
         StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
         StoreError::AlreadyExists { .. } | StoreError::Conflict(_) => StatusCode::CONFLICT,
-        StoreError::Contention | StoreError::SequenceTaken { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        StoreError::Contention | StoreError::SequenceTaken { .. } | StoreError::ChangedConcurrently { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        StoreError::EmptyWindow { .. } | StoreError::SeqOutOfRange(_) => StatusCode::UNPROCESSABLE_ENTITY,
         StoreError::Database(_) | StoreError::Corrupt(_) | StoreError::SchemaTooNew { .. } | StoreError::Crypto(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }

@@ -151,7 +151,7 @@ impl Store {
     /// marked so, what was sent long ago and not taken is sent again.
     pub async fn device_reported(&self, device: &str, last_command: u64) -> Result<(), StoreError> {
         let now = now_millis();
-        let last = i64::try_from(last_command).unwrap_or(i64::MAX);
+        let last = super::seq_to_i64(last_command)?;
         self.commands()
             .update_many(
                 doc! { "device": device, "id": { "$lte": last }, "state": { "$ne": "taken" } },

@@ -17,7 +17,10 @@ use futures_util::TryStreamExt;
 use mongodb::ClientSession;
 use mongodb::bson::doc;
 
-use super::{DeltaDoc, DeltaKind, DeviceDoc, IdentityDoc, Store, StoreError, TemplateDoc, in_transaction, now_millis};
+use super::{
+    DeltaDoc, DeltaKind, DeviceDoc, IdentityDoc, Store, StoreError, TemplateDoc, in_transaction, now_millis,
+    seq_from_i64, seq_to_i64,
+};
 
 /// How long a delta entry whose identity state is not visible yet is held
 /// back from publication (see `Store::not_yet_visible`).
@@ -106,14 +109,15 @@ impl Store {
         Ok(heads)
     }
 
-    /// Raw log entries of `shard` with `after < seq`, oldest first, at most `limit`.
+    /// Raw log entries of `shard` with `after < seq`, oldest first, at most
+    /// `limit`. An `after` beyond `i64::MAX` is [`StoreError::SeqOutOfRange`].
     pub async fn delta_entries_after(
         &self,
         shard: &str,
         after: u64,
         limit: usize,
     ) -> Result<Vec<DeltaDoc>, StoreError> {
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let after = seq_to_i64(after)?;
         let cursor = self
             .deltas()
             .find(doc! { "shard": shard, "seq": { "$gt": after } })
@@ -125,16 +129,16 @@ impl Store {
 
     /// The deltas of `shard` after `after_seq`, at most `limit` entries, as a
     /// [`DeltaBatch`] of the current log epoch from `after_seq` to the last
-    /// entry read. `None` when
-    /// there is nothing new. A device at `after_seq` applies it as is.
+    /// entry read. `None` when there is nothing new (also at `i64::MAX`,
+    /// past which no entry can be). A device at `after_seq` applies it as
+    /// is. An `after_seq` beyond `i64::MAX` is [`StoreError::SeqOutOfRange`].
     pub async fn read_deltas_after(
         &self,
         shard: &ShardId,
         after_seq: u64,
         limit: usize,
     ) -> Result<Option<DeltaBatch>, StoreError> {
-        // No entry follows the largest seq there can be.
-        let Some(first) = i64::try_from(after_seq).ok().and_then(|a| a.checked_add(1)) else {
+        let Some(first) = seq_to_i64(after_seq)?.checked_add(1) else {
             return Ok(None);
         };
         let entries = self.delta_entries_after(shard.as_str(), after_seq, limit).await?;
@@ -171,7 +175,7 @@ impl Store {
             return Ok(None);
         }
         let epoch = self.log_epoch().await?;
-        Ok(Some(DeltaBatch { shard: shard.clone(), epoch, base_seq: after_seq, seq: last as u64, ops }))
+        Ok(Some(DeltaBatch { shard: shard.clone(), epoch, base_seq: after_seq, seq: seq_from_i64(last)?, ops }))
     }
 
     /// Whether an `Upsert` entry was read before the state it announces:
@@ -291,7 +295,7 @@ impl Store {
 
     /// Records that the publisher `by` has published `shard` up to `seq`.
     pub async fn record_published(&self, shard: &ShardId, seq: u64, by: &str) -> Result<(), StoreError> {
-        let value = i64::try_from(seq).unwrap_or(i64::MAX);
+        let value = seq_to_i64(seq)?;
         self.published()
             .update_one(doc! { "_id": shard.as_str() }, doc! { "$set": { "seq": value, "by": by, "at": now_millis() } })
             .upsert(true)
@@ -330,7 +334,7 @@ impl Store {
         if floor == 0 {
             return Ok(Compaction { floor, deleted: 0 });
         }
-        let floor_i64 = i64::try_from(floor).unwrap_or(i64::MAX);
+        let floor_i64 = seq_to_i64(floor)?;
         let deleted = self.deltas().delete_many(doc! { "shard": shard.as_str(), "seq": { "$lte": floor_i64 } }).await?;
         Ok(Compaction { floor, deleted: deleted.deleted_count })
     }
@@ -352,13 +356,34 @@ pub fn compaction_floor(published: u64, lowest_applied: Option<u64>, newest_aged
     lowest_applied.unwrap_or(published).max(newest_aged).min(published)
 }
 
+/// What an empty validity window is published as: valid until the epoch,
+/// so no door admits the person at any time.
+pub const NEVER_VALID_UNTIL: i64 = 0;
+
 /// The protocol record of a stored identity.
+///
+/// Always one a device accepts: the window is narrowed to whole seconds
+/// (start rounded up, end down, so a door never admits early or late), and
+/// a window that is then empty — stored by an older server, or narrower
+/// than a second — is published as [`NEVER_VALID_UNTIL`] rather than as a
+/// record the codec refuses, which would hold back every delta and
+/// snapshot of the shard on every door.
 pub fn record(i: &IdentityDoc) -> Result<IdentityRecord, StoreError> {
+    let mut valid_from = i.valid_from.map(|ms| ms.div_euclid(1000) + i64::from(ms.rem_euclid(1000) != 0));
+    let mut valid_until = i.valid_until.map(|ms| ms.div_euclid(1000));
+    if let (Some(from), Some(until)) = (valid_from, valid_until)
+        && from >= until
+    {
+        log::warn!(identity = i.id.as_str(), valid_from:? = i.valid_from, valid_until:? = i.valid_until;
+            "identity with an empty validity window: published as never valid; correct it with PATCH /v1/identities/{{id}}");
+        valid_from = None;
+        valid_until = Some(NEVER_VALID_UNTIL);
+    }
     Ok(IdentityRecord {
         id: IdentityId::new(i.id.clone()).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         name: i.name.clone(),
-        valid_from: i.valid_from.map(|ms| ms / 1000),
-        valid_until: i.valid_until.map(|ms| ms / 1000),
+        valid_from,
+        valid_until,
         version: i.version.max(0) as u64,
         // No identity is marked for offline access centrally yet.
         offline_access: false,

@@ -241,7 +241,7 @@ impl Store {
     /// Records that `device` has applied `shard` up to `seq` (never moves
     /// backwards), and that it was seen now.
     pub async fn record_device_applied(&self, device: &str, shard: &str, seq: u64) -> Result<(), StoreError> {
-        let seq = i64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("seq {seq} out of range")))?;
+        let seq = super::seq_to_i64(seq)?;
         let field = format!("applied.{shard}");
         // A conditional `$set` rather than `$max`, which not every
         // MongoDB-protocol server implements: only a higher seq is written.

@@ -176,6 +176,30 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound { what: "identity", id: identity.to_string() })
     }
 
+    /// [`Store::bump`] only if the identity is still at `version` (what the
+    /// caller read and checked): a conditional update, so a change that
+    /// landed in between (another replica, on a server that does not detect
+    /// the write conflict) is retried from the read, never overwritten.
+    async fn bump_from(
+        &self,
+        session: &mut ClientSession,
+        identity: &str,
+        version: i64,
+        set: Document,
+    ) -> Result<IdentityDoc, StoreError> {
+        let mut set = set;
+        set.insert("updated_at", now_millis());
+        self.identities()
+            .find_one_and_update(
+                doc! { "_id": identity, "version": version },
+                doc! { "$inc": { "version": 1i64 }, "$set": set },
+            )
+            .return_document(mongodb::options::ReturnDocument::After)
+            .session(&mut *session)
+            .await?
+            .ok_or_else(|| StoreError::ChangedConcurrently { what: "identity", id: identity.to_string() })
+    }
+
     async fn publish_upsert(&self, session: &mut ClientSession, identity: &IdentityDoc) -> Result<(), StoreError> {
         for shard in &identity.groups {
             let entry =
@@ -219,12 +243,21 @@ impl Store {
         if let Some(until) = patch.valid_until {
             set.insert("valid_until", until);
         }
+        // The window as it will be stored, checked against the bound read in
+        // this transaction (a check before it may have seen an older one).
+        let valid_from = patch.valid_from.unwrap_or(before.valid_from);
+        let valid_until = patch.valid_until.unwrap_or(before.valid_until);
+        if let (Some(valid_from), Some(valid_until)) = (valid_from, valid_until)
+            && valid_from >= valid_until
+        {
+            return Err(StoreError::EmptyWindow { identity: identity.to_string(), valid_from, valid_until });
+        }
         if let Some(groups) = &patch.groups {
             self.check_groups_exist(session, groups).await?;
             set.insert("groups", groups.clone());
         }
         let seq = self.next_seq(session, CHANGES_COUNTER, 1).await?;
-        let after = self.bump(session, identity, set).await?;
+        let after = self.bump_from(session, identity, before.version, set).await?;
         self.publish_upsert(session, &after).await?;
         for left in before.groups.iter().filter(|g| !after.groups.contains(g)) {
             let entry = DeltaEntry { kind: DeltaKind::Remove, identity: identity.to_string(), version: after.version };

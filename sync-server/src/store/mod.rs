@@ -76,6 +76,18 @@ pub enum StoreError {
     SequenceTaken { counter: String, seq: i64 },
     #[error("transaction still conflicting after {TRANSACTION_ATTEMPTS} attempts")]
     Contention,
+    /// The document changed between the transaction's read and its write
+    /// (a conditional update matched nothing); retrying re-reads it.
+    #[error("{what} {id} was changed by a concurrent transaction")]
+    ChangedConcurrently { what: &'static str, id: String },
+    /// The validity window a change would leave is empty: checked inside
+    /// the transaction against the stored other bound, so two concurrent
+    /// changes of one bound each cannot store it.
+    #[error("identity {identity}: valid_until ({valid_until} ms) must be later than valid_from ({valid_from} ms)")]
+    EmptyWindow { identity: String, valid_from: i64, valid_until: i64 },
+    /// A sequence number the database cannot store (above `i64::MAX`).
+    #[error("sequence number {0} is out of range: the largest is {max}", max = i64::MAX)]
+    SeqOutOfRange(u64),
     #[error(transparent)]
     Crypto(#[from] crate::crypto::CryptoError),
 }
@@ -92,7 +104,7 @@ impl StoreError {
             Self::Database(e) => {
                 e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR) || command_code(e) == Some(WRITE_CONFLICT)
             }
-            Self::SequenceTaken { .. } => true,
+            Self::SequenceTaken { .. } | Self::ChangedConcurrently { .. } => true,
             _ => false,
         }
     }
@@ -126,6 +138,18 @@ pub(crate) fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// A device- or log-side sequence number as the database stores it:
+/// refused, never wrapped or clamped, above `i64::MAX`.
+pub fn seq_to_i64(seq: u64) -> Result<i64, StoreError> {
+    i64::try_from(seq).map_err(|_| StoreError::SeqOutOfRange(seq))
+}
+
+/// A stored sequence number as the protocol carries it; a negative one is
+/// corrupt data.
+pub fn seq_from_i64(seq: i64) -> Result<u64, StoreError> {
+    u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("negative sequence number {seq}")))
 }
 
 /// Milliseconds since the Unix epoch.
