@@ -359,8 +359,15 @@ async fn an_identity_with_an_empty_window_is_published_as_never_valid_and_never_
 
     let (_, entries) = store.shard_snapshot(&lobby).await.unwrap();
     assert_eq!(entries.len(), 3);
-    let chunk =
-        facegate_protocol::SnapshotChunk { shard: lobby.clone(), seq: 3, snapshot: 1, index: 0, count: 1, entries };
+    let chunk = facegate_protocol::SnapshotChunk {
+        shard: lobby.clone(),
+        epoch: 1,
+        seq: 3,
+        snapshot: 1,
+        index: 0,
+        count: 1,
+        entries,
+    };
     let resync = facegate_protocol::DownMessage {
         device: facegate_protocol::DeviceId::new("kiosk-1").unwrap(),
         sent_at: 0,

@@ -35,8 +35,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use facegate_daemon::store::{DeviceKey, GalleryModel, GalleryStore, LiveShard, StoreConfig};
 use facegate_protocol::sync::device::{DeviceAction, DeviceConfig, DeviceInput, DeviceState, DeviceSync, StatusInfo};
 use facegate_protocol::{
-    AuditBatch, AuditEvent, Decision, DeltaBatch, DeviceId, Down, DownMessage, LivenessVerdict, ShardId, ShardProgress,
-    DeviceSigningKey, SigningKey, StageMillis, TrustedKeys, Up, UpMessage, decode_verified, encode_device_signed,
+    AuditBatch, AuditEvent, Decision, DeltaBatch, DeviceId, DeviceSigningKey, Down, DownMessage, LivenessVerdict,
+    ShardId, ShardProgress, SigningKey, StageMillis, TrustedKeys, Up, UpMessage, decode_verified, encode_device_signed,
     topics,
 };
 use facegate_sync_server::store::{Store, binary as bson_binary};
@@ -544,7 +544,16 @@ fn main() {
                 propagation(&central, &sims, &keys, n, rounds, broker, &mut figures).await;
             }
             audit_ingest(&central, &audit_devices, &keys, batches, per_batch, broker, &mut figures).await;
-            snapshot(&central, &db.uri, (&snap.0, snap.1), &keys, (snapshot_templates, per_person), broker, &mut figures).await;
+            snapshot(
+                &central,
+                &db.uri,
+                (&snap.0, snap.1),
+                &keys,
+                (snapshot_templates, per_person),
+                broker,
+                &mut figures,
+            )
+            .await;
         });
     }
     println!("\nsync figures ({}):", if bench { "cargo bench" } else { "test mode, small" });
