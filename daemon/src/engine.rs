@@ -19,13 +19,16 @@ use crate::freshness::{Freshness, FreshnessGate};
 use crate::liveness::LivenessSession;
 use crate::track::{TrackEvent, Tracker, TrackerConfig};
 
+/// A match and the record of its identity, from one gallery read.
+pub type Identified = (Match<IdentityId>, Option<IdentityRecord>);
+
 /// What the engine needs from the gallery shard.
 pub trait GalleryLookup: Send + Sync {
     /// The two best identities for `probe`, best first, each with its
     /// record, read together under one lock: a removal lands before or
     /// after both, never between (a record is `None` only when the gallery
     /// holds templates of an identity without its record).
-    fn identify(&self, probe: &Template) -> Result<Vec<(Match<IdentityId>, Option<IdentityRecord>)>, FaceError>;
+    fn identify(&self, probe: &Template) -> Result<Vec<Identified>, FaceError>;
     /// Number of enrolled identities.
     fn identities(&self) -> usize;
 }

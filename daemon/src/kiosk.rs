@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use facegate_face::thresholds::OpenSetRule;
-use facegate_face::{FaceError, FacePipeline, InferenceError, Match, PipelineOptions, Template};
-use facegate_protocol::{AuditEvent, Decision, DeviceId, IdentityId, IdentityRecord};
+use facegate_face::{FaceError, FacePipeline, InferenceError, PipelineOptions, Template};
+use facegate_protocol::{AuditEvent, Decision, DeviceId, IdentityId};
 
 use crate::actuate::{Actuation, Actuators};
 use crate::config::{DaemonConfig, DecisionKind};
@@ -39,7 +39,7 @@ pub enum KioskError {
 }
 
 impl GalleryLookup for LiveShard {
-    fn identify(&self, probe: &Template) -> Result<Vec<(Match<IdentityId>, Option<IdentityRecord>)>, FaceError> {
+    fn identify(&self, probe: &Template) -> Result<Vec<crate::engine::Identified>, FaceError> {
         let view = self.read();
         let top = view.gallery.search(probe, 2)?;
         Ok(top
