@@ -259,6 +259,7 @@ impl DaemonConfig {
             return Err(format!("decision.threshold is a cosine similarity in [-1, 1], got {t}"));
         }
         self.liveness.check().map_err(|e| format!("liveness: {e}"))?;
+        self.source.check()?;
         if let Some(side) = self.models.detector_max_side
             && !(64..=4096).contains(&side)
         {

@@ -117,8 +117,13 @@ impl FrameReader for SourceFrames {
         path: &Path,
         visit: &mut dyn FnMut(Duration, &RgbImage) -> Result<(), InferenceError>,
     ) -> Result<(), FrameReadError> {
-        let spec =
-            SourceSpec::Replay { path: path.to_path_buf(), pace: Pace::AsFastAsPossible, fps: self.fps, repeat: false };
+        let spec = SourceSpec::Replay {
+            path: path.to_path_buf(),
+            pace: Pace::AsFastAsPossible,
+            fps: self.fps,
+            repeat: false,
+            sample_fps: None,
+        };
         let mut frames = source::open(&spec).map_err(|e| FrameReadError::Source(e.to_string()))?;
         loop {
             match frames.next_frame() {

@@ -91,6 +91,10 @@ enum Command {
         /// Frame rate of a directory of frames.
         #[arg(long, default_value_t = 25.0)]
         fps: f64,
+        /// Take only this many frames per second of the directory's
+        /// recording, as a slower camera would (timestamps stay recorded).
+        #[arg(long)]
+        sample_fps: Option<f64>,
     },
     /// Check or print the configuration.
     #[command(subcommand)]
@@ -360,13 +364,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let shutdown = Arc::new(AtomicBool::new(false));
             runtime::run(&config, shutdown).map_err(|e| Failure { status: run_status(&e), error: e.into() })
         }
-        Command::Replay { db, source, json, config, key, fps } => {
+        Command::Replay { db, source, json, config, key, fps, sample_fps } => {
             let mut config = match config {
                 Some(path) => load_config(&path)?,
                 None => DaemonConfig::parse(config::DEFAULT_CONFIG, "built-in defaults", &ProcessEnvironment)
                     .map_err(|e| fail(exit::CONFIG)(e.into()))?,
             };
-            config.source = SourceSpec::Replay { path: source, pace: Pace::AsFastAsPossible, fps, repeat: false };
+            config.source =
+                SourceSpec::Replay { path: source, pace: Pace::AsFastAsPossible, fps, repeat: false, sample_fps };
+            config.source.check().map_err(|e| fail(exit::USAGE)(anyhow::anyhow!(e)))?;
             config.gallery.db = db;
             if key.is_some() {
                 config.gallery.key = key;

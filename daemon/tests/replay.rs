@@ -42,6 +42,7 @@ fn enrolled_db() -> &'static Path {
             pace: Pace::AsFastAsPossible,
             fps: 25.0,
             repeat: false,
+            sample_fps: None,
         };
         let mut source = source::open(&spec).unwrap();
         // Three frames a few seconds apart: several photos per enrollment.
@@ -225,8 +226,13 @@ fn replay_with_stale_gallery(clip: &str, offline_access: bool) -> Vec<facegate_d
     let videos = videos().unwrap();
     let db = copy_of_enrolled_db(&format!("{clip}-stale-{offline_access}"));
     let mut config = DaemonConfig::parse(DEFAULT_CONFIG, "built-in defaults", &Vec::new()).unwrap();
-    config.source =
-        SourceSpec::Replay { path: videos.join(clip), pace: Pace::AsFastAsPossible, fps: 25.0, repeat: false };
+    config.source = SourceSpec::Replay {
+        path: videos.join(clip),
+        pace: Pace::AsFastAsPossible,
+        fps: 25.0,
+        repeat: false,
+        sample_fps: None,
+    };
     config.gallery.db = db;
     let pipeline = Arc::new(kiosk::load_pipeline(&config).unwrap());
     let shard = Arc::new(kiosk::open_shard(&config, &pipeline).unwrap());

@@ -5,13 +5,16 @@ use std::time::{Duration, Instant};
 
 use super::{Frame, FrameSource, Pace, SourceError};
 
-/// Frames read from image files, timestamped at a fixed rate.
+/// Frames read from image files, timestamped at a fixed rate; optionally
+/// sampled at a lower rate, as a slower camera would film the same scene.
 #[derive(Debug)]
 pub struct DirectorySource {
     dir: PathBuf,
     files: Vec<PathBuf>,
-    next: usize,
-    index: u64,
+    /// Frames delivered so far.
+    taken: u64,
+    /// Recorded frames per delivered frame (1 without sampling).
+    stride: f64,
     fps: f64,
     pace: Pace,
     repeat: bool,
@@ -40,7 +43,22 @@ impl DirectorySource {
             return Err(open_error("no JPEG, PNG or PGM frames in the directory".into()));
         }
         files.sort();
-        Ok(Self { dir: dir.to_path_buf(), files, next: 0, index: 0, fps, pace, repeat, started: None })
+        Ok(Self { dir: dir.to_path_buf(), files, taken: 0, stride: 1.0, fps, pace, repeat, started: None })
+    }
+
+    /// Delivers `rate` frames per second of the recording (at most its
+    /// `fps`): the recorded frame due at each sampling instant, the ones in
+    /// between skipped. Timestamps stay the recording's, so motion between
+    /// two delivered frames is what a camera at `rate` would see.
+    pub fn sampled_at(mut self, rate: f64) -> Result<Self, SourceError> {
+        if !(rate.is_finite() && rate > 0.0 && rate <= self.fps) {
+            return Err(SourceError::Open {
+                source_name: self.dir.display().to_string(),
+                message: format!("sample rate {rate} must be positive and at most the recording's {} fps", self.fps),
+            });
+        }
+        self.stride = self.fps / rate;
+        Ok(self)
     }
 
     pub fn len(&self) -> usize {
@@ -54,16 +72,15 @@ impl DirectorySource {
 
 impl FrameSource for DirectorySource {
     fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
-        if self.next == self.files.len() {
-            if !self.repeat {
-                return Ok(None);
-            }
-            self.next = 0;
+        // The recorded frame due at this sampling instant (every frame
+        // without sampling); across repeats the index keeps growing.
+        let index = (self.taken as f64 * self.stride).floor() as u64;
+        let len = self.files.len() as u64;
+        if index >= len && !self.repeat {
+            return Ok(None);
         }
-        let path = &self.files[self.next];
-        self.next += 1;
-        let index = self.index;
-        self.index += 1;
+        self.taken += 1;
+        let path = &self.files[usize::try_from(index % len).unwrap_or(0)];
         let timestamp = Duration::from_secs_f64(index as f64 / self.fps);
         if self.pace == Pace::Recorded {
             let started = *self.started.get_or_insert_with(Instant::now);
@@ -79,7 +96,9 @@ impl FrameSource for DirectorySource {
     }
 
     fn describe(&self) -> String {
-        format!("replay of {} ({} frames at {} fps)", self.dir.display(), self.files.len(), self.fps)
+        let sampled =
+            if self.stride > 1.0 { format!(", sampled at {:.3} fps", self.fps / self.stride) } else { String::new() };
+        format!("replay of {} ({} frames at {} fps{sampled})", self.dir.display(), self.files.len(), self.fps)
     }
 }
 
@@ -148,6 +167,38 @@ mod tests {
         let mut source = DirectorySource::open(&dir, 25.0, Pace::AsFastAsPossible, true).unwrap();
         let indices: Vec<u64> = (0..5).map(|_| source.next_frame().unwrap().unwrap().index).collect();
         assert_eq!(indices, [0, 1, 2, 3, 4]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_sampled_replay_skips_frames_and_keeps_the_recorded_time() {
+        let dir = frames_dir("sampled", 5);
+        let source = DirectorySource::open(&dir, 12.5, Pace::AsFastAsPossible, true).unwrap();
+        let mut source = source.sampled_at(5.0).unwrap();
+        let frames: Vec<(u64, u8, Duration)> = (0..4)
+            .map(|_| {
+                let frame = source.next_frame().unwrap().unwrap();
+                (frame.index, frame.image.get_pixel(0, 0).0[0], frame.timestamp)
+            })
+            .collect();
+        let ms = Duration::from_millis;
+        // Every 2.5 recorded frames; the sixth recorded frame is the first again.
+        assert_eq!(frames, [(0, 0, ms(0)), (2, 2, ms(160)), (5, 0, ms(400)), (7, 2, ms(560))]);
+        assert!(source.describe().contains("sampled at 5.000 fps"), "{}", source.describe());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_sampled_replay_ends_with_its_recording_and_refuses_a_faster_rate() {
+        let dir = frames_dir("sampled-end", 4);
+        let open = || DirectorySource::open(&dir, 10.0, Pace::AsFastAsPossible, false).unwrap();
+        let mut source = open().sampled_at(4.0).unwrap();
+        let indices: Vec<u64> = std::iter::from_fn(|| source.next_frame().unwrap()).map(|f| f.index).collect();
+        assert_eq!(indices, [0, 2]);
+        for rate in [0.0, -1.0, 10.5, f64::NAN] {
+            let err = open().sampled_at(rate).unwrap_err();
+            assert!(err.to_string().contains("at most the recording's 10 fps"), "{err}");
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

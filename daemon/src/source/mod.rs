@@ -25,7 +25,7 @@ pub use reconnect::{Reconnecting, SourceHealth, SourceState, resilient};
 #[derive(Debug, Clone)]
 pub struct Frame {
     pub image: RgbImage,
-    /// Position in the stream, from 0.
+    /// Position in the stream, from 0 (a sampled replay's recorded frame).
     pub index: u64,
     /// Media time (replays) or time since the source opened (live sources).
     pub timestamp: Duration,
@@ -99,6 +99,12 @@ pub enum SourceSpec {
         /// Start again at the end (demos).
         #[serde(default)]
         repeat: bool,
+        /// Take only this many frames per second of a directory's recording,
+        /// as a slower camera filming the same scene would: frames in
+        /// between are skipped and timestamps stay the recording's (unset:
+        /// every frame).
+        #[serde(default, rename = "sample-fps", skip_serializing_if = "Option::is_none")]
+        sample_fps: Option<f64>,
     },
     /// A V4L2 camera (USB/CSI), through nokhwa.
     Camera {
@@ -138,6 +144,21 @@ impl SourceSpec {
         matches!(self, Self::Replay { repeat: false, .. })
     }
 
+    /// Checks serde cannot express (`config validate` and start-up).
+    pub fn check(&self) -> Result<(), String> {
+        if let Self::Replay { fps, sample_fps, .. } = self {
+            if !(fps.is_finite() && *fps > 0.0) {
+                return Err(format!("source.fps must be a positive number, got {fps}"));
+            }
+            if let Some(rate) = sample_fps
+                && !(rate.is_finite() && *rate > 0.0 && rate <= fps)
+            {
+                return Err(format!("source.sample-fps must be positive and at most source.fps ({fps}), got {rate}"));
+            }
+        }
+        Ok(())
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Self::Replay { path, .. } => format!("replay of {}", path.display()),
@@ -160,9 +181,19 @@ pub fn redact_url(url: &str) -> String {
 /// Opens the source described by `spec`.
 pub fn open(spec: &SourceSpec) -> Result<Box<dyn FrameSource>, SourceError> {
     match spec {
-        SourceSpec::Replay { path, pace, fps, repeat } => {
+        SourceSpec::Replay { path, pace, fps, repeat, sample_fps } => {
             if path.is_dir() {
-                return Ok(Box::new(DirectorySource::open(path, *fps, *pace, *repeat)?));
+                let source = DirectorySource::open(path, *fps, *pace, *repeat)?;
+                return Ok(Box::new(match sample_fps {
+                    Some(rate) => source.sampled_at(*rate)?,
+                    None => source,
+                }));
+            }
+            if sample_fps.is_some() {
+                return Err(SourceError::Open {
+                    source_name: path.display().to_string(),
+                    message: "sample-fps applies to a directory of frames, not to a video".into(),
+                });
             }
             open_video(path, *pace, *repeat)
         }

@@ -7,8 +7,10 @@ use super::codec;
 use super::{Store, StoreError};
 
 impl Store {
-    /// The outbox's epoch: read from `meta`, or chosen at random (never 0,
-    /// which means "before epochs") and stored when the database has none.
+    /// The outbox's epoch: read from `meta`, or chosen at random in
+    /// `1..=i64::MAX` (never 0, which means "before epochs"; 63 bits so that
+    /// it reads the same as a database's signed integer) and stored when
+    /// the database has none.
     /// A re-created database gets a new one, so the server never takes its
     /// events for those of the database before it.
     pub(crate) fn read_or_create_outbox_epoch(&self) -> Result<u64, StoreError> {
@@ -18,7 +20,7 @@ impl Store {
         let rng = ring::rand::SystemRandom::new();
         let epoch = loop {
             let bytes: [u8; 8] = ring::rand::generate(&rng).map_err(|_| StoreError::Random)?.expose();
-            let epoch = u64::from_be_bytes(bytes);
+            let epoch = u64::from_be_bytes(bytes) >> 1;
             if epoch != 0 {
                 break epoch;
             }

@@ -22,6 +22,7 @@ use std::time::Duration;
 use facegate_protocol::sync::Publish;
 use facegate_protocol::sync::device::{DeviceAction, DeviceConfig, DeviceInput, DeviceState, DeviceSync, StatusInfo};
 use facegate_protocol::{Command, DeltaBatch, ShardId, ShardProgress, SnapshotEntry, topics};
+use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
@@ -120,15 +121,26 @@ fn qos1() -> QoS {
 enum Incoming {
     Connected,
     Disconnected(String),
-    Message { topic: String, payload: Vec<u8> },
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+    },
+    /// Everything queued before our `disconnect` has been written out.
+    Flushed,
 }
 
-/// Polls rumqttc until shutdown; rumqttc reconnects on the next poll after
-/// an error, with our backoff in between.
-async fn pump(mut events: EventLoop, forward: mpsc::Sender<Incoming>, shutdown: Arc<AtomicBool>) {
+/// Polls rumqttc until our own `disconnect` goes out (requests are written
+/// in order, so everything published before it went out first) or the
+/// receiver is gone; rumqttc reconnects on the next poll after an error,
+/// with our backoff in between.
+async fn pump(mut events: EventLoop, forward: mpsc::Sender<Incoming>) {
     let mut backoff = Duration::from_millis(500);
-    while !shutdown.load(Ordering::Relaxed) {
+    loop {
         let incoming = match events.poll().await {
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                let _ = forward.send(Incoming::Flushed).await;
+                return;
+            }
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(500);
                 Incoming::Connected
@@ -223,7 +235,7 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
     }
     let (client, events) = AsyncClient::new(options, 256);
     let (forward, mut incoming) = mpsc::channel(256);
-    let _pump = AbortOnDrop(tokio::spawn(pump(events, forward, Arc::clone(&ctx.shutdown))));
+    let _pump = AbortOnDrop(tokio::spawn(pump(events, forward)));
     log::info!(device = device.as_str(), broker = format!("{}:{}", provisioned.mqtt.host, provisioned.mqtt.port).as_str(); "sync starting");
 
     // Topics of shards purged at start: a persistent session may still hold them.
@@ -270,6 +282,7 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
                 Some(Incoming::Message { topic, payload }) => {
                     machine.handle(now, DeviceInput::Received { topic: &topic, payload: &payload })
                 }
+                Some(Incoming::Flushed) => break,
             },
             () = ctx.outbox.notified() => {
                 let store = Arc::clone(&ctx.shard);
@@ -303,9 +316,26 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
         }
     }
     ctx.connected.store(false, Ordering::Relaxed);
-    let _ = client.disconnect().await;
+    // Let the last words out (a wiped device's final status with the wipe
+    // taken; queued acks and audit) before the pump is dropped, but never
+    // hold shutdown for an unreachable broker.
+    if client.disconnect().await.is_ok() {
+        let flushed = async {
+            while let Some(event) = incoming.recv().await {
+                if matches!(event, Incoming::Flushed) {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(FLUSH_ON_EXIT, flushed).await.is_err() {
+            log::warn!(timeout_ms = FLUSH_ON_EXIT.as_millis(); "sync stopped before the broker took its last messages");
+        }
+    }
     Ok(())
 }
+
+/// How long sync waits, when it stops, for its queued messages to go out.
+const FLUSH_ON_EXIT: Duration = Duration::from_secs(3);
 
 /// What the machine says about the device in its status.
 fn status_info(ctx: &SyncContext, stale: bool) -> StatusInfo {

@@ -92,9 +92,7 @@ impl ApiError {
                 MasterError::Index(_) | MasterError::BadTemplate { .. } | MasterError::Poisoned,
             )) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Engine(EngineError::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Audit(AuditError::WrongDevice { .. } | AuditError::SeqRange(_) | AuditError::EpochRange(_)) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Self::Audit(AuditError::WrongDevice { .. } | AuditError::SeqRange(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Audit(AuditError::Store(e)) => store_status(e),
             Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
             Self::InvalidJson(_) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -52,15 +52,13 @@ pub enum AuditError {
     WrongDevice { seq: u64, named: String, from: String },
     #[error("event seq {0} is out of range")]
     SeqRange(u64),
-    #[error("event epoch {0} is out of range")]
-    EpochRange(u64),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 fn to_doc(e: &AuditEvent, received_at: i64) -> Result<AuditDoc, AuditError> {
     let seq = i64::try_from(e.seq).map_err(|_| AuditError::SeqRange(e.seq))?;
-    let epoch = i64::try_from(e.epoch).map_err(|_| AuditError::EpochRange(e.epoch))?;
+    let epoch = epoch_to_bson(e.epoch);
     let t = e.timings_ms;
     Ok(AuditDoc {
         id: audit_key(&e.device, e.epoch, e.seq),
@@ -91,6 +89,13 @@ fn to_doc(e: &AuditEvent, received_at: i64) -> Result<AuditDoc, AuditError> {
         },
         received_at,
     })
+}
+
+/// An outbox epoch as a BSON int64, bit for bit: any `u64` the protocol
+/// allows is stored (epochs are only ever compared for equality; the `_id`
+/// keeps the unsigned spelling).
+pub fn epoch_to_bson(epoch: u64) -> i64 {
+    i64::from_be_bytes(epoch.to_be_bytes())
 }
 
 /// The `_id` of an audit event: epoch-0 events keep the key they had

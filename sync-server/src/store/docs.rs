@@ -182,7 +182,8 @@ pub struct AuditDoc {
     #[serde(rename = "_id")]
     pub id: String,
     pub device: String,
-    /// The device's outbox epoch (0: from before epochs).
+    /// The device's outbox epoch (0: from before epochs), bit for bit
+    /// ([`super::audit::epoch_to_bson`]: epochs above `i64::MAX` are negative).
     #[serde(default)]
     pub epoch: i64,
     pub seq: i64,

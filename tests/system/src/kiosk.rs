@@ -28,6 +28,9 @@ pub fn walk_up_clip(work: &Path, gap: usize) -> PathBuf {
     clip
 }
 
+/// The frame rate the live clip was recorded at (its `videos.csv`).
+pub const LIVE_CLIP_FPS: f32 = 12.5;
+
 /// The live clip of the liveness test data (a person at a kiosk camera).
 pub fn live_clip() -> PathBuf {
     repo().join("models/testdata/liveness/eval/videos/live_clip")
@@ -46,7 +49,10 @@ pub struct Kiosk {
 
 impl Kiosk {
     /// `facegate-daemon provision` with the one-time token, then the
-    /// daemon's configuration: the replay source at `fps`.
+    /// daemon's configuration: the replay source (recorded at
+    /// [`LIVE_CLIP_FPS`]) sampled at `fps`, as a camera taking `fps` frames
+    /// a second of the same scene would: what moves between two frames is
+    /// real motion over that time, as liveness expects.
     pub fn provision(work: &Path, server_url: &str, id: &str, token: &str, clip: &Path, fps: f32) -> Self {
         let dir = work.join(id);
         let sync = dir.join("sync");
@@ -69,7 +75,8 @@ dir = "{models}"
 [source]
 kind = "replay"
 path = "{clip}"
-fps = {fps}
+fps = {LIVE_CLIP_FPS}
+sample-fps = {fps}
 repeat = true
 
 [gallery]

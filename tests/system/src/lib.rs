@@ -23,7 +23,7 @@ mod intruder;
 mod kiosk;
 
 pub use intruder::{Intruder, device_signing_key};
-pub use kiosk::{Kiosk, Relay, device_tls, live_clip, walk_up_clip};
+pub use kiosk::{Kiosk, LIVE_CLIP_FPS, Relay, device_tls, live_clip, walk_up_clip};
 
 /// The repository's root.
 pub fn repo() -> PathBuf {
