@@ -44,6 +44,8 @@ pub struct Enrollment {
     /// Identities the administrator declares to be different people: a
     /// de-duplication match against them does not refuse (and is audited).
     pub distinct_from: Vec<IdentityId>,
+    /// Admitted by a door whose gallery is stale (security staff).
+    pub offline_access: bool,
 }
 
 /// An enrolled face that matched.
@@ -439,6 +441,7 @@ impl Engine {
             created_at: now,
             updated_at: now,
             created_by: actor.name.clone(),
+            offline_access: request.offline_access,
         };
         let (photos, template_docs) = self.seal_photos(&id, &request.photos, &templates)?;
         let overrides: Vec<Document> =
@@ -446,6 +449,9 @@ impl Engine {
         let mut detail = doc! { "photos": photos.len() as i64, "groups": identity.groups.clone() };
         if !overrides.is_empty() {
             detail.insert("declared_distinct_from", overrides);
+        }
+        if identity.offline_access {
+            detail.insert("offline_access", true);
         }
         let new = NewIdentity {
             identity: identity.clone(),
@@ -559,6 +565,10 @@ impl Engine {
         }
         if let Some(g) = &patch.groups {
             detail.insert("groups", g.clone());
+        }
+        if let Some(offline_access) = patch.offline_access {
+            // Who may pass a door cut off from the centre: always in the trail.
+            detail.insert("offline_access", offline_access);
         }
         let record = action(actor, "identity.update", Some(identity.as_str()), "ok", detail);
         let _gate = self.tx_gate.lock().await;

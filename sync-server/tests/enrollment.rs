@@ -198,6 +198,67 @@ async fn groups_deltas_devices_and_forgetting_work_together() {
     server.app.stop().await;
 }
 
+/// Security staff marked `offline_access` are the only people a stale door
+/// admits: the flag is set at enrollment and by PATCH, travels in the signed
+/// record to the doors, and every change is in the admin trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_access_is_set_by_the_api_published_to_doors_and_audited() {
+    let db = database();
+    let server = TestServer::start(&db.uri, &fresh_name()).await;
+    let admin = server.token(Role::Admin);
+    let (status, body) = server.json("POST", "/v1/groups", &admin, json!({ "id": "lobby" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let lobby = ShardId::new("lobby").unwrap();
+    let published = |batch: facegate_protocol::DeltaBatch| match &batch.ops[..] {
+        [DeltaOp::Upsert { identity, .. }] => identity.offline_access,
+        other => panic!("expected one upsert, got {other:?}"),
+    };
+
+    let (status, body) =
+        server.enroll("Einstein", &[fixture("einstein")], &[("groups", "lobby"), ("offline_access", "maybe")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("offline_access"), "{body}");
+    assert_eq!(server.app.store.count_identities().await.unwrap(), 0);
+
+    let (status, guard) =
+        server.enroll("Einstein", &[fixture("einstein")], &[("groups", "lobby"), ("offline_access", "true")]).await;
+    assert_eq!(status, StatusCode::CREATED, "{guard}");
+    assert_eq!(guard["offline_access"], json!(true), "{guard}");
+    let id = guard["id"].as_str().unwrap().to_string();
+    assert!(published(server.app.store.read_deltas_after(&lobby, 0, 100).await.unwrap().unwrap()));
+
+    let (status, visitor) = server.enroll("Biden", &[fixture("biden")], &[("groups", "lobby")]).await;
+    assert_eq!(status, StatusCode::CREATED, "{visitor}");
+    assert_eq!(visitor["offline_access"], json!(false), "{visitor}");
+    assert!(!published(server.app.store.read_deltas_after(&lobby, 1, 100).await.unwrap().unwrap()));
+
+    let (status, body) =
+        server.json("PATCH", &format!("/v1/identities/{id}"), &admin, json!({ "offline_access": false })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["offline_access"], json!(false), "{body}");
+    assert!(!published(server.app.store.read_deltas_after(&lobby, 2, 100).await.unwrap().unwrap()));
+    let (_, got) = server.get(&format!("/v1/identities/{id}"), &admin).await;
+    assert_eq!(got["offline_access"], json!(false), "{got}");
+    let (status, body) =
+        server.json("PATCH", &format!("/v1/identities/{id}"), &admin, json!({ "offline_access": "yes" })).await;
+    assert!(status.is_client_error(), "{status} {body}");
+
+    let (_, trail) = server.get("/v1/audit/admin?limit=100", &server.token(Role::Auditor)).await;
+    let flagged: Vec<_> = trail["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["outcome"] == json!("ok") && a["detail"].get("offline_access").is_some())
+        .map(|a| (a["action"].as_str().unwrap().to_owned(), a["detail"]["offline_access"].clone()))
+        .collect();
+    assert_eq!(
+        flagged,
+        [("identity.update".to_owned(), json!(false)), ("identity.create".to_owned(), json!(true))],
+        "{trail}"
+    );
+    server.app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_batches_are_stored_once_however_often_they_are_replayed() {
     let db = database();

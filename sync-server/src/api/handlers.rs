@@ -206,6 +206,7 @@ pub(super) struct IdentityView {
     created_at_ms: i64,
     updated_at_ms: i64,
     created_by: String,
+    offline_access: bool,
 }
 
 impl From<&IdentityDoc> for IdentityView {
@@ -220,6 +221,7 @@ impl From<&IdentityDoc> for IdentityView {
             created_at_ms: i.created_at,
             updated_at_ms: i.updated_at,
             created_by: i.created_by.clone(),
+            offline_access: i.offline_access,
         }
     }
 }
@@ -238,6 +240,16 @@ fn seconds_field(form: &Form, name: &'static str) -> ApiResult<Option<i64>> {
     }
 }
 
+fn bool_field(form: &Form, name: &'static str) -> ApiResult<bool> {
+    match form.one(name)?.as_deref().map(str::trim) {
+        None | Some("" | "false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(other) => {
+            Err(ApiError::InvalidParameter { field: name, message: format!("must be true or false, got {other:?}") })
+        }
+    }
+}
+
 fn identity_list(form: &Form, name: &'static str) -> ApiResult<Vec<IdentityId>> {
     form.list(name)
         .iter()
@@ -252,7 +264,7 @@ pub(super) async fn create_identity(
     auth: Authorized,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let allowed = ["name", "groups", "valid_from", "valid_until", "distinct_from"];
+    let allowed = ["name", "groups", "valid_from", "valid_until", "distinct_from", "offline_access"];
     let form = read_form(multipart, &state, &allowed, state.engine.max_photos).await?;
     let name = form.one("name")?.ok_or(ApiError::InvalidParameter { field: "name", message: "is required".into() })?;
     let groups = form.list("groups").iter().map(|g| shard_id(g, "groups")).collect::<ApiResult<Vec<_>>>()?;
@@ -262,6 +274,7 @@ pub(super) async fn create_identity(
         valid_until: seconds_field(&form, "valid_until")?,
         groups,
         distinct_from: identity_list(&form, "distinct_from")?,
+        offline_access: bool_field(&form, "offline_access")?,
         photos: form.photos,
     };
     let identity = state.engine.enroll(&auth.actor, request).await?;
@@ -319,6 +332,7 @@ pub(super) struct IdentityUpdate {
     #[serde(default, deserialize_with = "explicit_null")]
     valid_until: Option<Option<i64>>,
     groups: Option<Vec<String>>,
+    offline_access: Option<bool>,
 }
 
 fn explicit_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
@@ -350,6 +364,7 @@ pub(super) async fn update_identity(
         valid_from: to_ms(update.valid_from, "valid_from")?,
         valid_until: to_ms(update.valid_until, "valid_until")?,
         groups,
+        offline_access: update.offline_access,
     };
     let updated = state.engine.update(&auth.actor, &id, patch).await?;
     Ok(Json(IdentityView::from(&updated)))

@@ -109,7 +109,7 @@ pub const ROUTES: &[RouteSpec] = &[
         ENROLL,
         Multipart,
         201,
-        "Enroll a person: fields name, photo (one or more), groups, valid_from, valid_until, distinct_from"
+        "Enroll a person: fields name, photo (one or more), groups, valid_from, valid_until, distinct_from, offline_access"
     ),
     route!("GET", "/v1/identities/{id}", ENROLL, None, 200, "Read an identity"),
     route!("PATCH", "/v1/identities/{id}", ENROLL, Json, 200, "Update name, validity window or groups"),

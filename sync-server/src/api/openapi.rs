@@ -25,7 +25,7 @@ fn request_body(path: &str, kind: BodyKind) -> Option<Value> {
                 json!({ "type": "array", "items": { "type": "string", "contentMediaType": "image/jpeg" } }),
             );
             let fields: &[&str] = match path {
-                "/v1/identities" => &["name", "groups", "valid_from", "valid_until", "distinct_from"],
+                "/v1/identities" => &["name", "groups", "valid_from", "valid_until", "distinct_from", "offline_access"],
                 "/v1/identities/{id}/photos" => &["distinct_from"],
                 "/v1/search" => &["k"],
                 "/v1/verify" => &["identity"],
@@ -119,7 +119,7 @@ pub fn document() -> Value {
                 "Duplicate": { "allOf": [ { "$ref": "#/components/schemas/Problem" }, { "type": "object", "required": ["id", "score"],
                     "properties": { "id": { "type": "string" }, "name": { "type": "string" }, "score": { "type": "number" }, "threshold": { "type": "number" }, "photo": { "type": "string" } } } ] },
                 "Identity": { "type": "object", "required": ["id", "name"], "properties": { "id": { "type": "string" }, "name": { "type": "string" },
-                    "groups": { "type": "array", "items": { "type": "string" } }, "valid_from": { "type": ["integer", "null"] }, "valid_until": { "type": ["integer", "null"] }, "version": { "type": "integer" } } },
+                    "groups": { "type": "array", "items": { "type": "string" } }, "valid_from": { "type": ["integer", "null"] }, "valid_until": { "type": ["integer", "null"] }, "version": { "type": "integer" }, "offline_access": { "type": "boolean" } } },
                 "SearchResult": { "type": "object", "required": ["matches"], "properties": { "matches": { "type": "array", "items": { "type": "object",
                     "required": ["id", "score"], "properties": { "id": { "type": "string" }, "name": { "type": "string" }, "score": { "type": "number" } } } },
                     "threshold": { "type": "number" }, "decision": { "type": "string", "enum": ["identified", "ambiguous", "no-match"] } } }

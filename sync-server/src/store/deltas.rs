@@ -385,8 +385,7 @@ pub fn record(i: &IdentityDoc) -> Result<IdentityRecord, StoreError> {
         valid_from,
         valid_until,
         version: i.version.max(0) as u64,
-        // No identity is marked for offline access centrally yet.
-        offline_access: false,
+        offline_access: i.offline_access,
     })
 }
 

@@ -21,6 +21,10 @@ pub struct IdentityDoc {
     pub created_at: i64,
     pub updated_at: i64,
     pub created_by: String,
+    /// Admitted by a door whose gallery is stale (security staff); absent
+    /// in documents from before the flag: `false`.
+    #[serde(default)]
+    pub offline_access: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -30,6 +30,8 @@ pub struct IdentityPatch {
     pub valid_from: Option<Option<i64>>,
     pub valid_until: Option<Option<i64>>,
     pub groups: Option<Vec<String>>,
+    /// Admitted by a stale door ([`super::docs::IdentityDoc::offline_access`]).
+    pub offline_access: Option<bool>,
 }
 
 /// The outcome of a forget.
@@ -255,6 +257,9 @@ impl Store {
         if let Some(groups) = &patch.groups {
             self.check_groups_exist(session, groups).await?;
             set.insert("groups", groups.clone());
+        }
+        if let Some(offline_access) = patch.offline_access {
+            set.insert("offline_access", offline_access);
         }
         let seq = self.next_seq(session, CHANGES_COUNTER, 1).await?;
         let after = self.bump_from(session, identity, before.version, set).await?;
