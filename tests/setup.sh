@@ -14,6 +14,7 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v pkill >/dev/null 2>&1 || need+=(procps)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

@@ -536,21 +536,7 @@ async fn mosquitto_files(
         })?)
     };
     let store = connect_store(&config).await?;
-    let mut devices = Vec::new();
-    for d in store.list_devices().await.map_err(AppError::from)? {
-        // Pending devices are in: the ACL is ready when they are provisioned.
-        if d.state == facegate_sync_server::store::DeviceState::Revoked {
-            continue;
-        }
-        let device = facegate_protocol::DeviceId::new(d.id.clone())
-            .with_context(|| format!("device {:?} in the database", d.id))?;
-        let shards = d
-            .groups
-            .iter()
-            .map(|g| facegate_protocol::ShardId::new(g.clone()).with_context(|| format!("group {g:?} of {}", d.id)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        devices.push(sync::mosquitto::DeviceAcl { device, shards });
-    }
+    let devices = sync::mosquitto::site_devices(&store).await?;
     let mut names = vec![config.sync.broker_host.clone()];
     names.extend(config.sync.certificate_names.iter().cloned());
     let pki = sync::pki::Pki::load_or_create(&config.sync.state_dir, &names)?;

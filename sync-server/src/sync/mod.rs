@@ -104,6 +104,15 @@ pub struct SyncConfig {
     pub log_max_age_secs: u64,
     /// Seconds between compactions of each shard's delta log.
     pub compact_interval_secs: u64,
+    /// With `broker = "external"` (mosquitto): the ACL file this server
+    /// keeps in step with the database — rewritten (atomically) by the
+    /// replica holding the publisher lease when an assignment is pushed or
+    /// a device is registered or revoked, then `mosquitto-reload` is run.
+    /// Unset: regenerate it with `facegate-sync-server mosquitto`.
+    pub mosquitto_acl: Option<PathBuf>,
+    /// The command that makes mosquitto read its ACL again, e.g.
+    /// `["systemctl", "reload", "mosquitto"]` (SIGHUP).
+    pub mosquitto_reload: Vec<String>,
 }
 
 impl Default for SyncConfig {
@@ -125,6 +134,8 @@ impl Default for SyncConfig {
             device_certificate_days: 825,
             log_max_age_secs: 7 * 24 * 3600,
             compact_interval_secs: 600,
+            mosquitto_acl: None,
+            mosquitto_reload: Vec::new(),
         }
     }
 }
@@ -159,6 +170,18 @@ impl SyncConfig {
         }
         if !(1..=3650).contains(&self.device_certificate_days) {
             return invalid("sync.device-certificate-days", "must be between 1 and 3650");
+        }
+        if self.mosquitto_acl.is_some() && self.broker != BrokerKind::External {
+            return invalid(
+                "sync.mosquitto-acl",
+                "is for broker = \"external\" (the embedded broker follows by itself)",
+            );
+        }
+        if !self.mosquitto_reload.is_empty() && self.mosquitto_acl.is_none() {
+            return invalid("sync.mosquitto-reload", "needs sync.mosquitto-acl");
+        }
+        if self.mosquitto_acl.is_some() && self.mosquitto_reload.first().is_none_or(String::is_empty) {
+            return invalid("sync.mosquitto-reload", "must name the command that reloads mosquitto's ACL");
         }
         Ok(())
     }

@@ -20,8 +20,10 @@
 //! own client ids).
 //!
 //! mosquitto drops root to its own user: the files are written readable by
-//! the owner given (`mosquitto`). Regenerate the files when devices or
-//! their groups change.
+//! the owner given (`mosquitto`). The ACL follows the database by itself
+//! when the server is given its path and a reload command
+//! ([`AclFollower`], `[sync] mosquitto-acl`); otherwise regenerate the
+//! files when devices or their groups change.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -48,12 +50,106 @@ pub struct MosquittoFiles {
 pub enum MosquittoError {
     #[error("revocation list: {0}")]
     Revocation(#[from] super::pki::PkiError),
+    #[error("reading the devices: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{what} {value:?} in the database is not a valid name: {message}")]
+    BadName { what: &'static str, value: String, message: String },
+    #[error("the ACL reload command {command:?} {outcome}")]
+    Reload { command: Vec<String>, outcome: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Every device's ACL entry, from the database: revoked devices are left
+/// out, pending ones are in (the ACL is ready when they are provisioned).
+pub async fn site_devices(store: &crate::store::Store) -> Result<Vec<DeviceAcl>, MosquittoError> {
+    let bad = |what, value: &str, e: &dyn std::fmt::Display| MosquittoError::BadName {
+        what,
+        value: value.to_owned(),
+        message: e.to_string(),
+    };
+    let mut devices = Vec::new();
+    for d in store.list_devices().await? {
+        if d.state == crate::store::DeviceState::Revoked {
+            continue;
+        }
+        let device = facegate_protocol::DeviceId::new(d.id.clone()).map_err(|e| bad("device", &d.id, &e))?;
+        let shards = d
+            .groups
+            .iter()
+            .map(|g| facegate_protocol::ShardId::new(g.clone()).map_err(|e| bad("group", g, &e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        devices.push(DeviceAcl { device, shards });
+    }
+    Ok(devices)
+}
+
+/// Keeps a running mosquitto's ACL in step with the database (`[sync]
+/// mosquitto-acl`, `mosquitto-reload`): [`AclFollower::follow`] renders
+/// the ACL and, when it differs from what was last written, replaces the
+/// file atomically and runs the reload command. A failure is retried on
+/// the next call.
+#[derive(Debug)]
+pub struct AclFollower {
+    path: PathBuf,
+    reload: Vec<String>,
+    written: Option<String>,
+}
+
+/// How long the reload command may take.
+const RELOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl AclFollower {
+    pub fn new(path: PathBuf, reload: Vec<String>) -> Self {
+        Self { path, reload, written: None }
+    }
+
+    /// Rewrites and reloads the ACL if the database changed it; answers
+    /// whether it did.
+    pub async fn follow(&mut self, store: &crate::store::Store) -> Result<bool, MosquittoError> {
+        let acl = render_acl(&site_devices(store).await?);
+        if self.written.as_deref() == Some(acl.as_str()) {
+            return Ok(false);
+        }
+        let on_disk = std::fs::read_to_string(&self.path).ok();
+        if self.written.is_none() && on_disk.as_deref() == Some(acl.as_str()) {
+            // Already current (written by `facegate-sync-server mosquitto`).
+            self.written = Some(acl);
+            return Ok(false);
+        }
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| MosquittoError::Io { path, source }
+        };
+        let temporary = self.path.with_extension("new");
+        let _ = std::fs::remove_file(&temporary);
+        std::fs::write(&temporary, acl.as_bytes()).map_err(io(&temporary))?;
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o444)).map_err(io(&temporary))?;
+        std::fs::rename(&temporary, &self.path).map_err(io(&self.path))?;
+        self.reload().await?;
+        self.written = Some(acl);
+        Ok(true)
+    }
+
+    async fn reload(&self) -> Result<(), MosquittoError> {
+        let failed = |outcome: String| MosquittoError::Reload { command: self.reload.clone(), outcome };
+        let Some((program, args)) = self.reload.split_first() else {
+            return Err(failed("is empty".into()));
+        };
+        let run = tokio::process::Command::new(program).args(args).kill_on_drop(true).output();
+        match tokio::time::timeout(RELOAD_TIMEOUT, run).await {
+            Err(_) => Err(failed(format!("took longer than {} s", RELOAD_TIMEOUT.as_secs()))),
+            Ok(Err(e)) => Err(failed(format!("could not run: {e}"))),
+            Ok(Ok(output)) if !output.status.success() => {
+                Err(failed(format!("failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim())))
+            }
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
 }
 
 /// The ACL file.

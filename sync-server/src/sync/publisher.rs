@@ -8,12 +8,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use facegate_protocol::sync::Publish;
 use facegate_protocol::sync::server::ServerSync;
 use facegate_protocol::{Assignment, DeviceId, ShardId};
 use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::watch;
 
+use super::mosquitto::AclFollower;
 use super::service::{SyncStats, until_stopped};
 use crate::store::{Store, StoreError, now_millis};
 
@@ -40,7 +42,14 @@ pub(super) struct Publisher {
     /// Shard → when its log was last compacted by this replica.
     compacted: HashMap<ShardId, Instant>,
     connected: Arc<std::sync::atomic::AtomicBool>,
+    /// mosquitto's ACL kept in step with the database, and when it is
+    /// next compared (registrations and revocations) without a push.
+    acl: Option<(AclFollower, Instant)>,
 }
+
+/// How often the mosquitto ACL is compared with the database when no
+/// assignment was pushed (a device registered or revoked).
+const ACL_CHECK: Duration = Duration::from_secs(5);
 
 /// How long the delta log is kept (see [`Store::compact_delta_log`]).
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +70,7 @@ impl Publisher {
         max_message_bytes: usize,
         retention: Retention,
         connected: Arc<std::sync::atomic::AtomicBool>,
+        acl: Option<AclFollower>,
     ) -> Self {
         Self {
             machine,
@@ -75,6 +85,7 @@ impl Publisher {
             retention,
             compacted: HashMap::new(),
             connected,
+            acl: acl.map(|follower| (follower, Instant::now())),
         }
     }
 
@@ -120,7 +131,8 @@ impl Publisher {
     /// Pushes every changed assignment as a signed `Assignment` to its
     /// device; marked pushed only once published (the device ignores a
     /// version it has, so a repeat is harmless).
-    async fn push_assignments(&mut self) -> Result<(), StoreError> {
+    async fn push_assignments(&mut self) -> Result<usize, StoreError> {
+        let mut pushed = 0;
         for device in self.store.pending_assignments(ASSIGNMENTS_PER_POLL).await? {
             let Ok(id) = DeviceId::new(device.id.clone()) else { continue };
             let mut shards: Vec<ShardId> = device.groups.iter().filter_map(|g| ShardId::new(g.clone()).ok()).collect();
@@ -133,23 +145,44 @@ impl Publisher {
                     continue;
                 }
             };
-            if let Err(e) = self.client.publish(publish.topic, QoS::AtLeastOnce, false, publish.payload).await {
-                log::warn!(error:% = e, device:% = id; "assignment publish failed");
-                self.stats.count("publish_failed");
-                return Ok(());
+            if !self.send(publish, "assignment").await {
+                return Ok(pushed);
             }
+            pushed += 1;
             self.store.assignment_pushed(&device.id, device.assignment_version).await?;
             self.stats.count("assignment_pushed");
             log::info!(device:% = id, version, shards:? = device.groups; "assignment pushed");
         }
-        Ok(())
+        Ok(pushed)
+    }
+
+    /// Brings mosquitto's ACL in step with the database: at once after an
+    /// assignment was pushed, else every [`ACL_CHECK`].
+    async fn follow_acl(&mut self, assignments_pushed: bool) {
+        let Some((follower, due)) = &mut self.acl else { return };
+        if !assignments_pushed && Instant::now() < *due {
+            return;
+        }
+        *due = Instant::now() + ACL_CHECK;
+        match follower.follow(&self.store).await {
+            Ok(false) => {}
+            Ok(true) => {
+                self.stats.count("acl_reloaded");
+                log::info!("mosquitto ACL rewritten from the database and reloaded");
+            }
+            Err(e) => {
+                self.stats.count("acl_failed");
+                log::error!(error:% = e; "mosquitto ACL not brought in step with the database; retrying");
+            }
+        }
     }
 
     async fn tick(&mut self) -> Result<(), StoreError> {
         if !self.renew_lease().await? {
             return Ok(());
         }
-        self.push_assignments().await?;
+        let pushed = self.push_assignments().await?;
+        self.follow_acl(pushed > 0).await;
         let started = Instant::now();
         let groups = self.store.list_groups().await?;
         for group in groups {
@@ -179,9 +212,7 @@ impl Publisher {
                     continue;
                 }
             };
-            if let Err(e) = self.client.publish(publish.topic, QoS::AtLeastOnce, false, publish.payload).await {
-                log::warn!(error:% = e, device:% = device; "command publish failed");
-                self.stats.count("publish_failed");
+            if !self.send(publish, "command").await {
                 return Ok(());
             }
             self.store.command_sent(&command.key).await?;
@@ -221,9 +252,7 @@ impl Publisher {
                     continue;
                 }
             };
-            if let Err(e) = self.client.publish(publish.topic, QoS::AtLeastOnce, false, publish.payload).await {
-                log::warn!(error:% = e, shard:% = shard; "delta publish failed");
-                self.stats.count("publish_failed");
+            if !self.send(publish, "delta").await {
                 return Ok(());
             }
             self.stats.count("delta_published");
@@ -232,6 +261,21 @@ impl Publisher {
             self.record(shard, batch.seq).await?;
         }
         Ok(())
+    }
+
+    /// Publishes at QoS 1; a failure (the client's queue closed or full) is
+    /// logged and counted, and the caller stops this round: what was not
+    /// sent stays pending and goes out on the next one.
+    async fn send(&self, publish: Publish, what: &str) -> bool {
+        let topic = publish.topic.clone();
+        match self.client.publish(publish.topic, QoS::AtLeastOnce, false, publish.payload).await {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!(error:% = e, topic = topic.as_str(), what; "publish failed; retried next round");
+                self.stats.count("publish_failed");
+                false
+            }
+        }
     }
 
     async fn record(&mut self, shard: &ShardId, seq: u64) -> Result<(), StoreError> {

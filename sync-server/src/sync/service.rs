@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, watch};
 use super::SyncConfig;
 use super::connection::connection_task;
 use super::handler::Handler;
+use super::mosquitto::AclFollower;
 use super::pki::{Pki, PkiError};
 use super::publisher::{Publisher, Retention};
 use crate::readiness::Dependency;
@@ -245,6 +246,7 @@ impl SyncService {
                         interval: Duration::from_secs(config.compact_interval_secs),
                     },
                     connected,
+                    config.mosquitto_acl.clone().map(|path| AclFollower::new(path, config.mosquitto_reload.clone())),
                 )
                 .run(Duration::from_millis(config.poll_interval_ms), stopped),
             ),

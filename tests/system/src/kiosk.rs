@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use crate::{Process, binary, decisions, free_port, logs_of, metric, metrics_text, repo};
 
 /// A folder of frames where a person walks up again and again: the live
-/// clip of the test data, then `gap` empty frames (the track ends).
-pub fn walk_up_clip(work: &Path, gap: usize) -> PathBuf {
+/// clip of the test data, then `gap_ms` of empty frames at the clip's
+/// recorded rate (longer than the tracker's 700 ms: the track ends).
+pub fn walk_up_clip(work: &Path, gap_ms: u32) -> PathBuf {
     let live = live_clip();
     let clip = work.join("clip");
     std::fs::create_dir_all(&clip).unwrap();
@@ -22,7 +23,8 @@ pub fn walk_up_clip(work: &Path, gap: usize) -> PathBuf {
     }
     let mut empty = b"P5\n64 48\n255\n".to_vec();
     empty.resize(empty.len() + 64 * 48, 16);
-    for i in 0..gap {
+    let frames = (f64::from(gap_ms) / 1e3 * f64::from(LIVE_CLIP_FPS)).ceil() as usize;
+    for i in 0..frames {
         std::fs::write(clip.join(format!("9{i:02}.pgm")), &empty).unwrap();
     }
     clip

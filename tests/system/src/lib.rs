@@ -21,9 +21,11 @@ use serde_json::{Value, json};
 
 mod intruder;
 mod kiosk;
+mod site;
 
 pub use intruder::{Intruder, device_signing_key};
 pub use kiosk::{Kiosk, LIVE_CLIP_FPS, Relay, device_tls, live_clip, walk_up_clip};
+pub use site::{DOORS, Site, now_ms};
 
 /// The repository's root.
 pub fn repo() -> PathBuf {
@@ -358,6 +360,15 @@ impl Central {
             Broker::Embedded => "embedded",
             Broker::Mosquitto => "external",
         };
+        // mosquitto's ACL follows the database: the server rewrites it and
+        // sends mosquitto SIGHUP (the operator's `systemctl reload`).
+        let follow = match broker {
+            Broker::Embedded => String::new(),
+            Broker::Mosquitto => format!(
+                "mosquitto-acl = \"{d}/mosquitto/acl\"\nmosquitto-reload = [\"pkill\", \"-HUP\", \"-f\", \"{d}/mosquitto/mosquitto.conf\"]",
+                d = dir.display()
+            ),
+        };
         let config = dir.join("server.toml");
         std::fs::write(
             &config,
@@ -385,6 +396,7 @@ broker-port = {mqtt}
 embedded-listen = "127.0.0.1:{mqtt}"
 poll-interval-ms = 100
 publisher-lease-ms = 2000
+{follow}
 {sync}
 "#,
                 uri = db.uri,

@@ -21,11 +21,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use facegate_system_tests::{
-    Api, Broker, Central, Kiosk, Work, audit_seqs_exactly_once, database, live_clip, people, serial, wait_for,
-    walk_up_clip,
+    Api, Broker, DOORS, Kiosk, Site, audit_seqs_exactly_once, now_ms, people, serial, wait_for,
 };
 use serde_json::Value;
 
@@ -44,10 +43,6 @@ fn a_site_on_the_embedded_broker() {
 #[test]
 fn a_site_on_mosquitto() {
     site(Broker::Mosquitto);
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 /// Polls every kiosk until `done` holds for it; answers how long each took.
@@ -85,41 +80,17 @@ fn converged(api: &Api, kiosk: &Kiosk, groups: &[&str]) -> bool {
 
 fn site(broker: Broker) {
     let _serial = serial();
-    let work = Work::new(&format!("fleet-{broker:?}").to_lowercase());
-    let db = database();
     // One site catches door-2 up from the delta log, the other from a snapshot.
     let retention = match broker {
         Broker::Embedded => "",
         Broker::Mosquitto => "log-max-age-secs = 5\ncompact-interval-secs = 1",
     };
-    let mut central = Central::start_with(work.path(), &db, broker, retention);
-    let api = central.api.clone();
-    api.create_group("lobby");
-    api.create_group("lab");
-    let doors: [(&str, &[&str]); 3] = [("door-1", &["lobby"]), ("door-2", &["lobby"]), ("door-3", &["lab"])];
-    let tokens: Vec<String> = doors.iter().map(|(id, groups)| api.add_device(id, groups)).collect();
-    central.start_broker();
-    let clip = walk_up_clip(work.path(), 6);
-    let mut kiosks: Vec<Kiosk> = doors
-        .iter()
-        .zip(&tokens)
-        .map(|((id, _), token)| Kiosk::provision(work.path(), &api.url, id, token, &clip, FPS))
-        .collect();
-    for kiosk in &mut kiosks {
-        kiosk.start();
-    }
-    for kiosk in &kiosks {
-        wait_for(&format!("{} to connect", kiosk.id), Duration::from_secs(300), || {
-            (kiosk.metric("facegate_sync_connected") == Some(1.0)).then_some(())
-        });
-    }
+    let mut site = Site::provision(&format!("fleet-{broker:?}").to_lowercase(), broker, retention, FPS);
+    site.start_kiosks(false);
 
     // 1. Enrollment: the lobby doors have him within the bound, and grant him.
-    let live = live_clip();
-    let (status, body) = api.enroll("Cap Person", "lobby", &[live.join("002.jpg"), live.join("009.jpg")]);
-    let enrolled_at = now_ms();
-    assert_eq!(status, 201, "enrollment: {body}");
-    let cap = body["id"].as_str().unwrap().to_owned();
+    let (cap, enrolled_at) = site.enroll_cap_person();
+    let Site { kiosks, central, api, .. } = &mut site;
     let lobby_doors = [&kiosks[0], &kiosks[1]];
     let reached = time_until(&lobby_doors, Duration::from_secs(30), |k| k.identities() == Some(1));
     eprintln!("{broker:?}: the enrollment reached door-1 and door-2 after {reached:?}");
@@ -236,7 +207,7 @@ fn site(broker: Broker) {
     central.start_server();
     central.start_broker();
     let started = Instant::now();
-    for (kiosk, (_, groups)) in kiosks.iter().zip(&doors) {
+    for (kiosk, (_, groups)) in kiosks.iter().zip(&DOORS) {
         wait_for(&format!("{} to converge after the restart", kiosk.id), Duration::from_secs(300), || {
             converged(&api, kiosk, groups).then_some(())
         });

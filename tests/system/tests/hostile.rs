@@ -6,7 +6,9 @@
 //! 1. Session takeover: door-2's certificate connecting as `door-1`, again
 //!    and again, never throws door-1 off, and door-1 stays in sync.
 //! 2. Unassignment: lobby taken from door-2 → its lobby identities are
-//!    purged within 5 s and the lobby person is no longer granted there.
+//!    purged within 5 s and the lobby person is no longer granted there;
+//!    the broker's ACL follows (on mosquitto the server rewrites and
+//!    reloads it), so door-2's stolen certificate reads no lobby delta.
 //! 3. Cross-group theft: door-3's certificate and key (its kiosk stopped)
 //!    ask for the lobby, a made-up shard, `have_seq` 0, `i64::MAX` and
 //!    `u64::MAX`, and subscribe to `facegate/v1/#`: no lobby identity
@@ -26,8 +28,7 @@ use facegate_protocol::{
     decode_verified, encode_device_signed, topics,
 };
 use facegate_system_tests::{
-    Api, Broker, Central, Intruder, Kiosk, Relay, Work, database, device_signing_key, device_tls, live_clip, people,
-    serial, wait_for, walk_up_clip,
+    Api, Broker, Intruder, Kiosk, Relay, Site, device_signing_key, device_tls, now_ms, people, serial, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -53,10 +54,6 @@ fn decisions_of(api: &Api, device: &str, identity: &str, since_ms: u64) -> Vec<V
         .collect()
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
 fn central_keys(kiosk: &Kiosk) -> TrustedKeys {
     let answer: Value =
         serde_json::from_slice(&std::fs::read(kiosk.sync_dir().join("provisioned.json")).unwrap()).unwrap();
@@ -72,47 +69,22 @@ fn central_keys(kiosk: &Kiosk) -> TrustedKeys {
 fn site(broker: Broker) {
     let _serial = serial();
     let label = format!("{broker:?}").to_lowercase();
-    let work = Work::new(&format!("hostile-{label}"));
-    let db = database();
-    let mut central = Central::start(work.path(), &db, broker);
-    let api = central.api.clone();
-    api.create_group("lobby");
-    api.create_group("lab");
-    let doors: [(&str, &[&str]); 3] = [("door-1", &["lobby"]), ("door-2", &["lobby"]), ("door-3", &["lab"])];
-    let tokens: Vec<String> = doors.iter().map(|(id, groups)| api.add_device(id, groups)).collect();
-    central.start_broker();
-    let clip = walk_up_clip(work.path(), 6);
-    let mut kiosks: Vec<Kiosk> = doors
-        .iter()
-        .zip(&tokens)
-        .map(|((id, _), token)| Kiosk::provision(work.path(), &api.url, id, token, &clip, FPS))
-        .collect();
+    let mut site = Site::provision(&format!("hostile-{label}"), broker, "", FPS);
     // door-1 reaches the broker through a relay the test controls.
-    let answer = kiosks[0].sync_dir().join("provisioned.json");
+    let answer = site.kiosks[0].sync_dir().join("provisioned.json");
     let mut provisioned: Value = serde_json::from_slice(&std::fs::read(&answer).unwrap()).unwrap();
     let relay = Relay::start(provisioned["mqtt"]["port"].as_u64().unwrap() as u16);
     provisioned["mqtt"]["port"] = json!(relay.port);
     std::fs::write(&answer, serde_json::to_vec(&provisioned).unwrap()).unwrap();
-    for kiosk in &mut kiosks {
+    for kiosk in &site.kiosks {
         kiosk.set_sync_options(&format!("max-staleness-secs = {MAX_STALENESS_SECS}"));
-        kiosk.start();
     }
-    for kiosk in &kiosks {
-        wait_for(&format!("{} to connect and be fresh", kiosk.id), Duration::from_secs(300), || {
-            let fresh = kiosk.metric("facegate_sync_connected") == Some(1.0)
-                && kiosk.metric("facegate_gallery_stale") == Some(0.0);
-            fresh.then_some(())
-        });
-    }
-
-    let live = live_clip();
-    let (status, body) = api.enroll("Cap Person", "lobby", &[live.join("002.jpg"), live.join("009.jpg")]);
-    assert_eq!(status, 201, "enrollment: {body}");
-    let cap = body["id"].as_str().unwrap().to_owned();
-    let enrolled_at = now_ms();
+    site.start_kiosks(true);
+    let (cap, enrolled_at) = site.enroll_cap_person();
+    let Site { kiosks, central, api, work, .. } = &mut site;
     for kiosk in &kiosks[..2] {
         wait_for(&format!("{} to grant him", kiosk.id), Duration::from_secs(120), || {
-            decisions_of(&api, &kiosk.id, &cap, enrolled_at).iter().any(|e| e["decision"] == "grant").then_some(())
+            decisions_of(api, &kiosk.id, &cap, enrolled_at).iter().any(|e| e["decision"] == "grant").then_some(())
         });
     }
 
@@ -215,6 +187,18 @@ fn site(broker: Broker) {
     // On its own topic door-3 may be answered; asking for everything gives
     // nothing of the lobby (refused, or thrown off).
     thief.subscribe("facegate/v1/#");
+    // door-2, unassigned from the lobby, stolen: its own certificate asks
+    // for the lobby's deltas — the broker's ACL followed the assignment.
+    if broker == Broker::Mosquitto {
+        let acl = std::fs::read_to_string(work.path().join("central/mosquitto/acl")).unwrap();
+        let door2 = acl.split("\n\n").find(|entry| entry.starts_with("user door-2\n")).unwrap_or_default();
+        assert!(!door2.contains("/shard/lobby/"), "mosquitto's ACL still lets door-2 read the lobby:\n{acl}");
+        assert!(central.sync_event("acl_reloaded") >= 1, "the server never reloaded mosquitto's ACL");
+    }
+    kiosks[1].stop();
+    let door2_thief = Intruder::connect(device_tls(&kiosks[1].sync_dir()), "door-2", central.mqtt_port);
+    door2_thief.subscribe(&topics::shard_delta(&lobby));
+    std::thread::sleep(Duration::from_millis(500));
     let (name, photo) = people().into_iter().next().unwrap();
     let (status, body) = api.enroll(&name, "lobby", &[photo]);
     assert_eq!(status, 201, "second enrollment: {body}");
@@ -222,6 +206,11 @@ fn site(broker: Broker) {
         assert!(!topic.contains("/shard/lobby/"), "door-3 read the lobby's deltas on {topic}");
         assert!(!topic.contains("/device/door-1/") && !topic.contains("/device/door-2/"), "door-3 read {topic}");
     }
+    for (topic, _) in door2_thief.drain(Duration::from_secs(1)) {
+        assert!(!topic.contains("/shard/lobby/"), "door-2, unassigned, still read the lobby's deltas on {topic}");
+    }
+    drop(door2_thief);
+    kiosks[1].start();
     drop(thief);
     central.wait_ready();
     let door1_lobby = api.device_shards("door-1").into_iter().find(|(shard, _, _)| shard == "lobby").unwrap();

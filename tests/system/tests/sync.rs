@@ -109,7 +109,7 @@ fn decisions_made_while_the_broker_is_unreachable_reach_the_server_exactly_once(
     let work = work.path();
     // The person walks up again and again: the clip, then a second of empty
     // frames (the track ends), over and over.
-    let clip = walk_up_clip(work, 14);
+    let clip = walk_up_clip(work, 1_200);
     let (server, mut kiosk, _) = one_door(work, &clip);
     let api = &server.api;
     let live = live_clip();
