@@ -287,4 +287,20 @@ mod tests {
         let c = SyncConfig { broker_host: "127.0.0.1".into(), ..SyncConfig::default() };
         assert!(c.check().unwrap_err().to_string().starts_with("sync.broker-host"));
     }
+
+    #[test]
+    fn a_followed_mosquitto_acl_needs_mosquitto_and_a_reload_command() {
+        let acl = Some(PathBuf::from("/etc/mosquitto/facegate/acl"));
+        let reload = vec!["systemctl".to_owned(), "reload".to_owned(), "mosquitto".to_owned()];
+        let external = SyncConfig { broker: BrokerKind::External, ..SyncConfig::default() };
+        let refused = |c: SyncConfig| c.check().unwrap_err().to_string();
+        SyncConfig { mosquitto_acl: acl.clone(), mosquitto_reload: reload.clone(), ..external.clone() }
+            .check()
+            .unwrap();
+        let embedded =
+            SyncConfig { mosquitto_acl: acl.clone(), mosquitto_reload: reload.clone(), ..SyncConfig::default() };
+        assert!(refused(embedded).starts_with("sync.mosquitto-acl"));
+        assert!(refused(SyncConfig { mosquitto_acl: acl, ..external.clone() }).starts_with("sync.mosquitto-reload"));
+        assert!(refused(SyncConfig { mosquitto_reload: reload, ..external }).starts_with("sync.mosquitto-reload"));
+    }
 }
