@@ -100,7 +100,7 @@ fn site(broker: Broker) {
     );
     for kiosk in lobby_doors {
         let grants = wait_for(&format!("{} to grant him", kiosk.id), Duration::from_secs(120), || {
-            Some(grants_of(&api, &kiosk.id, &cap)).filter(|g| !g.is_empty())
+            Some(grants_of(api, &kiosk.id, &cap)).filter(|g| !g.is_empty())
         });
         let first = grants.iter().filter_map(|g| g["at_ms"].as_u64()).min().unwrap();
         eprintln!("{broker:?}: {} granted him {} ms after the enrollment", kiosk.id, first.saturating_sub(enrolled_at));
@@ -112,7 +112,7 @@ fn site(broker: Broker) {
         seen.then_some(())
     });
     assert_eq!(kiosks[2].identities(), Some(0), "door-3 (lab) received a lobby enrollment");
-    assert!(grants_of(&api, "door-3", &cap).is_empty(), "door-3 granted a person of another group");
+    assert!(grants_of(api, "door-3", &cap).is_empty(), "door-3 granted a person of another group");
 
     // 2. Removal: gone from both lobby galleries within the bound, every
     //    erasure acknowledged.
@@ -160,7 +160,7 @@ fn site(broker: Broker) {
     let started = Instant::now();
     kiosks[1].start();
     wait_for("door-2 to catch up with the lobby", Duration::from_secs(300), || {
-        converged(&api, &kiosks[1], &["lobby"]).then_some(())
+        converged(api, &kiosks[1], &["lobby"]).then_some(())
     });
     let by_snapshot = central.sync_event("snapshot_sent") > snapshots;
     assert_eq!(by_snapshot, broker == Broker::Mosquitto, "door-2 caught up by snapshot: {by_snapshot}");
@@ -209,7 +209,7 @@ fn site(broker: Broker) {
     let started = Instant::now();
     for (kiosk, (_, groups)) in kiosks.iter().zip(&DOORS) {
         wait_for(&format!("{} to converge after the restart", kiosk.id), Duration::from_secs(300), || {
-            converged(&api, kiosk, groups).then_some(())
+            converged(api, kiosk, groups).then_some(())
         });
     }
     eprintln!(
@@ -219,19 +219,19 @@ fn site(broker: Broker) {
     );
 
     // Every decision stored once: drain, stop, count and compare seqs.
-    for kiosk in &mut kiosks {
+    for kiosk in kiosks.iter_mut() {
         wait_for(&format!("{}'s outbox to drain", kiosk.id), Duration::from_secs(120), || {
             (kiosk.metric("facegate_outbox_depth") == Some(0.0)).then_some(())
         });
         let made = kiosk.decisions().unwrap();
         kiosk.stop();
-        let stored = audit_seqs_exactly_once(&api, &kiosk.id).len() as u64;
+        let stored = audit_seqs_exactly_once(api, &kiosk.id).len() as u64;
         assert!(stored >= made, "{}: {made} decisions made, {stored} stored", kiosk.id);
         eprintln!("{broker:?}: {} — {stored} decisions, each stored once", kiosk.id);
     }
-    assert!(grants_of(&api, "door-3", &cap).is_empty(), "door-3 granted a person of another group");
+    assert!(grants_of(api, "door-3", &cap).is_empty(), "door-3 granted a person of another group");
     for door in ["door-1", "door-2"] {
-        let late: Vec<Value> = grants_of(&api, door, &cap)
+        let late: Vec<Value> = grants_of(api, door, &cap)
             .into_iter()
             .filter(|g| g["at_ms"].as_u64().is_some_and(|at| at > removed_at + BOUND.as_millis() as u64))
             .collect();

@@ -128,7 +128,7 @@ fn site(broker: Broker) {
         (!after.is_empty()).then_some(after)
     });
     assert!(
-        decisions_of(&api, "door-2", &cap, unassigned_at + 1_000).iter().all(|e| e["decision"] != "grant"),
+        decisions_of(api, "door-2", &cap, unassigned_at + 1_000).iter().all(|e| e["decision"] != "grant"),
         "door-2 still grants the lobby"
     );
 
