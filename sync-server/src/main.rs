@@ -301,7 +301,9 @@ async fn start_sync(config: &Config, app: &app::App) -> anyhow::Result<Option<sy
     if !config.sync.enabled {
         return Ok(None);
     }
-    let runtime = sync::start(&config.sync, app.store.clone(), &app.state.readiness).await?;
+    let runtime =
+        sync::start(&config.sync, app.store.clone(), &app.state.readiness, Arc::clone(&app.state.metrics.sync_events))
+            .await?;
     log::info!(broker = config.sync.broker_host.as_str(), port = config.sync.broker_port,
         state_dir:% = config.sync.state_dir.display(); "MQTT sync enabled");
     Ok(Some(runtime))

@@ -39,7 +39,7 @@ pub const LOGIN_FAILURES: &str = "facegate_login_failures";
 /// 1 while every readiness dependency is up.
 pub const READY: &str = "facegate_ready";
 /// Sync service events by `event` (`delta_published`, `publish_failed`,
-/// `compaction_failed`, `rejected_*`, …), rendered by
+/// `compaction_failed`, `rejected_*`, …), counted by
 /// [`crate::sync::service::SyncStats`].
 pub const SYNC_EVENTS: &str = "facegate_sync_events";
 
@@ -67,6 +67,8 @@ pub struct Metrics {
     pub checkout_failures: Counter,
     pub login_failures: Family<Labels, Counter>,
     pub ready: Gauge,
+    /// The sync service's event counters (registered here, counted there).
+    pub sync_events: Arc<crate::sync::service::SyncStats>,
     pool_counter: Arc<AtomicI64>,
 }
 
@@ -123,6 +125,7 @@ impl Metrics {
         registry.register(LOGIN_FAILURES, "Failed logins by reason", login_failures.clone());
         let ready = Gauge::default();
         registry.register(READY, "1 when every readiness dependency is up", ready.clone());
+        let sync_events = Arc::new(crate::sync::service::SyncStats::registered(&mut registry));
         Self {
             registry,
             http,
@@ -138,6 +141,7 @@ impl Metrics {
             checkout_failures,
             login_failures,
             ready,
+            sync_events,
             pool_counter: Arc::new(AtomicI64::new(0)),
         }
     }
@@ -229,5 +233,22 @@ mod tests {
         }
         assert!(text.contains("facegate_http_request_duration_seconds_bucket{"), "{text}");
         assert!(text.contains("route=\"/v1/search\""), "{text}");
+    }
+
+    #[test]
+    fn sync_events_are_one_registered_counter_family_with_help() {
+        let m = Metrics::new();
+        m.sync_events.count("rejected_unassigned_shard");
+        m.sync_events.add("delta_ops_published", 3);
+        let text = m.render();
+        assert!(text.contains(&format!("# HELP {SYNC_EVENTS} ")), "{text}");
+        assert!(text.contains(&format!("# TYPE {SYNC_EVENTS} counter")), "{text}");
+        assert_eq!(text.matches(&format!("# TYPE {SYNC_EVENTS} ")).count(), 1, "{text}");
+        assert!(text.contains("facegate_sync_events_total{event=\"rejected_unassigned_shard\"} 1"), "{text}");
+        assert!(text.contains("facegate_sync_events_total{event=\"delta_ops_published\"} 3"), "{text}");
+        // Alerted events exist from the start, at 0.
+        assert!(text.contains("facegate_sync_events_total{event=\"publish_failed\"} 0"), "{text}");
+        assert!(text.trim_end().ends_with("# EOF"), "{text}");
+        assert_eq!(m.sync_events.snapshot().get("delta_ops_published"), Some(&3));
     }
 }

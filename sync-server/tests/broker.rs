@@ -146,7 +146,8 @@ async fn server(
         publisher_lease_ms: 1000,
         ..SyncConfig::default()
     };
-    let runtime = sync::start(&config, server.app.store.clone(), &server.app.state.readiness).await.unwrap();
+    let stats = std::sync::Arc::clone(&server.app.state.metrics.sync_events);
+    let runtime = sync::start(&config, server.app.store.clone(), &server.app.state.readiness, stats).await.unwrap();
     let mut server = server;
     server.router = server.router.clone().layer(axum::Extension(Arc::clone(&runtime.provisioner)));
     for _ in 0..400 {

@@ -48,7 +48,8 @@ fn sync_config(state: &std::path::Path, port: u16, client_id: &str) -> SyncConfi
 /// A server with sync: the router answers `/v1/provision`.
 async fn server_with_sync(uri: &str, db: &str, sync_config: &SyncConfig) -> (TestServer, SyncRuntime) {
     let mut server = TestServer::start(uri, db).await;
-    let runtime = sync::start(sync_config, server.app.store.clone(), &server.app.state.readiness).await.unwrap();
+    let stats = std::sync::Arc::clone(&server.app.state.metrics.sync_events);
+    let runtime = sync::start(sync_config, server.app.store.clone(), &server.app.state.readiness, stats).await.unwrap();
     server.router = server.router.clone().layer(axum::Extension(Arc::clone(&runtime.provisioner)));
     wait_until("the sync service is connected", || server.app.state.readiness.is_ready()).await;
     (server, runtime)
@@ -380,8 +381,14 @@ async fn two_replicas_publish_every_delta_and_lose_no_audit() {
     // The second replica: same database, same PKI, the first one's broker.
     let second_server = TestServer::with_config(test_config(&db.uri, &name)).await;
     let second_config = SyncConfig { broker: BrokerKind::External, ..sync_config(state.path(), port, "replica-2") };
-    let second =
-        sync::start(&second_config, second_server.app.store.clone(), &second_server.app.state.readiness).await.unwrap();
+    let second = sync::start(
+        &second_config,
+        second_server.app.store.clone(),
+        &second_server.app.state.readiness,
+        std::sync::Arc::clone(&second_server.app.state.metrics.sync_events),
+    )
+    .await
+    .unwrap();
     wait_until("the second replica is connected", || second_server.app.state.readiness.is_ready()).await;
 
     create_group(&server, "lobby").await;

@@ -1,6 +1,5 @@
 //! Route handlers: parse, call the engine or the store, answer JSON.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
@@ -65,20 +64,11 @@ pub(super) async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(json!({ "ready": ready, "dependencies": deps }))).into_response()
 }
 
-pub(super) async fn metrics(
-    State(state): State<AppState>,
-    sync: Option<axum::Extension<Arc<crate::sync::service::SyncStats>>>,
-) -> Response {
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let (templates, identities, _) = state.engine.index.size();
     state.metrics.index_size(templates, identities, state.engine.index.applied_seq());
     state.metrics.ready.set(i64::from(state.readiness.is_ready()));
-    let mut text = state.metrics.render();
-    if let Some(axum::Extension(stats)) = sync {
-        // Before OpenMetrics' closing "# EOF".
-        let at = text.rfind("# EOF").unwrap_or(text.len());
-        text.insert_str(at, &stats.render());
-    }
-    let mut response = text.into_response();
+    let mut response = state.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

@@ -214,12 +214,10 @@ pub struct SyncRuntime {
 }
 
 impl SyncRuntime {
-    /// Gives `router` what the sync side serves: `POST /v1/provision` and
-    /// the sync counters in `/metrics`.
+    /// Gives `router` what the sync side serves: `POST /v1/provision` (its
+    /// counters are in the server's metrics registry already).
     pub fn serve(&self, router: axum::Router) -> axum::Router {
-        router
-            .layer(axum::Extension(Arc::clone(&self.provisioner)))
-            .layer(axum::Extension(Arc::clone(&self.service.stats)))
+        router.layer(axum::Extension(Arc::clone(&self.provisioner)))
     }
 }
 
@@ -231,6 +229,7 @@ pub async fn start(
     config: &SyncConfig,
     store: crate::store::Store,
     readiness: &crate::readiness::Readiness,
+    stats: Arc<service::SyncStats>,
 ) -> Result<SyncRuntime, SyncStartError> {
     let config = config.clone();
     let prepared = tokio::task::spawn_blocking(move || {
@@ -250,7 +249,7 @@ pub async fn start(
     let pki = Arc::new(pki);
     // Registered once the broker is there: a failed start leaves readiness alone.
     let dependency = readiness.register("mqtt-broker");
-    let service = service::SyncService::start(&config, store.clone(), &pki, dependency)?;
+    let service = service::SyncService::start(&config, store.clone(), &pki, dependency, stats)?;
     // The gate counts into the service's counters; its listeners are bound
     // already, so the service's first connection waits for it, not fails.
     let broker = match broker {

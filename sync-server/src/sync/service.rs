@@ -27,8 +27,12 @@
 //!   twice, which is harmless: a device ignores a batch whose `seq` it has,
 //!   and an assignment whose version it has.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use std::time::Duration;
 
 use facegate_protocol::sync::server::{ServerConfig, ServerSync};
@@ -42,6 +46,7 @@ use super::handler::Handler;
 use super::mosquitto::AclFollower;
 use super::pki::{Pki, PkiError};
 use super::publisher::{Publisher, Retention};
+use crate::metrics::Labels;
 use crate::readiness::Dependency;
 use crate::store::Store;
 
@@ -62,10 +67,14 @@ pub enum SyncError {
     },
 }
 
-/// Counters of the sync service by event and reason (low cardinality).
-#[derive(Debug)]
+/// The sync service's event counters: `facegate_sync_events_total{event}`,
+/// a prometheus-client family registered with the server's metrics
+/// ([`SyncStats::registered`]); unregistered in unit tests.
+#[derive(Debug, Default)]
 pub struct SyncStats {
-    counts: Mutex<BTreeMap<String, u64>>,
+    events: Family<Labels, Counter>,
+    /// Every event counted or exported so far (for [`SyncStats::snapshot`]).
+    names: Mutex<BTreeSet<String>>,
 }
 
 /// Events the alert rules watch with `increase()`, exported from the start
@@ -81,40 +90,46 @@ const ALERTED_EVENTS: [&str; 8] = [
     "rejected_unknown_device",
 ];
 
-impl Default for SyncStats {
-    fn default() -> Self {
-        Self { counts: Mutex::new(ALERTED_EVENTS.iter().map(|e| (e.to_string(), 0)).collect()) }
-    }
-}
-
 impl SyncStats {
+    /// The counters, registered in `registry` with the alerted events at 0.
+    pub fn registered(registry: &mut Registry) -> Self {
+        let stats = Self::default();
+        registry.register(
+            crate::metrics::SYNC_EVENTS,
+            "Sync service events by kind: messages published and refused, broker gate decisions, audit ingest",
+            stats.events.clone(),
+        );
+        for event in ALERTED_EVENTS {
+            stats.add(event, 0);
+        }
+        stats
+    }
+
     pub fn count(&self, name: &str) {
         self.add(name, 1);
     }
 
     pub fn add(&self, name: &str, n: u64) {
-        if let Ok(mut c) = self.counts.lock() {
-            *c.entry(name.to_string()).or_default() += n;
+        self.events.get_or_create(&Self::labels(name)).inc_by(n);
+        if let Ok(mut names) = self.names.lock()
+            && !names.contains(name)
+        {
+            names.insert(name.to_owned());
         }
     }
 
     pub fn get(&self, name: &str) -> u64 {
-        self.counts.lock().map(|c| c.get(name).copied().unwrap_or(0)).unwrap_or(0)
+        self.events.get(&Self::labels(name)).map_or(0, |c| c.get())
     }
 
-    /// Every counter, for tests and `/metrics`.
+    /// Every counter, for tests and logs.
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
-        self.counts.lock().map(|c| c.clone()).unwrap_or_default()
+        let names = self.names.lock().map(|n| n.clone()).unwrap_or_default();
+        names.into_iter().map(|name| (name.clone(), self.get(&name))).collect()
     }
 
-    /// Prometheus text: `facegate_sync_events_total{event="…"} n`.
-    pub fn render(&self) -> String {
-        let name = crate::metrics::SYNC_EVENTS;
-        let mut out = format!("# TYPE {name} counter\n");
-        for (event, n) in self.snapshot() {
-            out.push_str(&format!("{name}_total{{event=\"{event}\"}} {n}\n"));
-        }
-        out
+    fn labels(name: &str) -> Labels {
+        vec![("event".to_owned(), name.to_owned())]
     }
 }
 
@@ -189,13 +204,18 @@ pub struct SyncService {
 impl SyncService {
     /// Connects (in the background: the broker may come later) and starts
     /// the three tasks. `broker` is the readiness dependency to report on.
-    pub fn start(config: &SyncConfig, store: Store, pki: &Pki, broker: Dependency) -> Result<Self, SyncError> {
+    pub fn start(
+        config: &SyncConfig,
+        store: Store,
+        pki: &Pki,
+        broker: Dependency,
+        stats: Arc<SyncStats>,
+    ) -> Result<Self, SyncError> {
         let client_id = client_id(config)?;
         let (cert, key) = pki.client_paths();
         let tls = client_tls(&pki.ca_path(), &cert, &key)?;
         let options = mqtt_options(&client_id, &config.broker_host, config.broker_port, tls);
         let (client, eventloop) = AsyncClient::new(options, 256);
-        let stats = Arc::new(SyncStats::default());
         let (stop, stopped) = watch::channel(false);
         let (incoming_tx, incoming_rx) = mpsc::channel(1024);
         let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
