@@ -99,4 +99,17 @@ fn the_crates_include_covers_the_daemons_locked_dependencies() {
         "facegate-daemon-crates.inc lacks {missing:?}; run yocto/meta-facegate/tools/crates-inc.py Cargo.lock > {}",
         recipe_dir().join("facegate-daemon-crates.inc").display()
     );
+    // Nor does it fetch what the lock no longer holds (a stale include).
+    let locked: BTreeSet<String> = packages
+        .iter()
+        .filter(|p| p.get("checksum").is_some())
+        .map(|p| format!("{}/{}", p["name"].as_str().unwrap(), p["version"].as_str().unwrap()))
+        .collect();
+    let stale: Vec<&str> = include
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("crate://crates.io/"))
+        .map(|l| l.trim_end_matches(" \\").trim())
+        .filter(|crate_version| !locked.contains(*crate_version))
+        .collect();
+    assert!(stale.is_empty(), "facegate-daemon-crates.inc fetches crates Cargo.lock no longer holds: {stale:?}");
 }
