@@ -324,6 +324,20 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_sample_rate_is_checked_against_the_recording() {
+        let replay =
+            |extra: &str| parse(&format!("[source]\nkind = \"replay\"\npath = \"/clips/a\"\nfps = 12.5\n{extra}"));
+        let config = replay("sample-fps = 5\n").unwrap();
+        assert!(matches!(config.source, SourceSpec::Replay { sample_fps: Some(rate), .. } if rate == 5.0));
+        for bad in ["sample-fps = 25\n", "sample-fps = 0\n", "sample-fps = -1\n"] {
+            let err = replay(bad).unwrap_err();
+            assert!(err.to_string().contains("source.sample-fps"), "{bad}: {err}");
+        }
+        let err = parse("[source]\nkind = \"replay\"\npath = \"/clips/a\"\nfps = 0\n").unwrap_err();
+        assert!(err.to_string().contains("source.fps"), "{err}");
+    }
+
+    #[test]
     fn environment_overrides_reach_nested_keys_and_are_checked() {
         let env = vec![
             ("FACEGATE__DECISION__WINDOW_MS".to_owned(), "4500".to_owned()),
