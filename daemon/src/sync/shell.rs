@@ -25,8 +25,7 @@ use facegate_protocol::{Command, DeltaBatch, ShardId, ShardProgress, SnapshotEnt
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
-use rumqttc::{TlsConfiguration, Transport};
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use tokio::sync::{Notify, mpsc};
 
 use super::SyncError;
@@ -66,37 +65,16 @@ fn read_file(path: &Path) -> Result<Vec<u8>, SyncError> {
     std::fs::read(path).map_err(|source| SyncError::Io { path: path.to_path_buf(), source })
 }
 
-/// The rustls client configuration: trust only the provisioned CA, present
-/// the device certificate.
-fn tls_config(dir: &Path) -> Result<rustls::ClientConfig, SyncError> {
-    let tls = |m: String| SyncError::Tls(m);
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_certs(&read_file(&dir.join(CA))?)? {
-        roots.add(cert).map_err(|e| tls(format!("ca.pem: {e}")))?;
-    }
-    let chain = rustls_pki_certs(&read_file(&dir.join(DEVICE_CERT))?)?;
-    let key_pem = read_file(&dir.join(DEVICE_KEY))?;
-    use rustls::pki_types::pem::PemObject;
-    let key =
-        rustls::pki_types::PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| tls(format!("device.key: {e}")))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| tls(format!("device certificate: {e}")))
-}
+/// The largest MQTT packet the kiosk accepts (a snapshot chunk fits).
+const MAX_PACKET_BYTES: u32 = 4 * 1024 * 1024;
 
-fn rustls_pki_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, SyncError> {
-    use rustls::pki_types::pem::PemObject;
-    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| SyncError::Tls(format!("certificate PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(SyncError::Tls("no certificate in PEM".into()));
-    }
-    Ok(certs)
+/// The rustls client configuration: trust only the provisioned CA, present
+/// the device certificate ([`facegate_mqtt::client_tls`]).
+fn tls_config(dir: &Path) -> Result<Arc<rustls::ClientConfig>, SyncError> {
+    let (ca, cert, key) =
+        (read_file(&dir.join(CA))?, read_file(&dir.join(DEVICE_CERT))?, read_file(&dir.join(DEVICE_KEY))?);
+    facegate_mqtt::client_tls(&ca, &cert, &key, [CA, DEVICE_CERT, DEVICE_KEY])
+        .map_err(|e| SyncError::Tls(e.to_string()))
 }
 
 /// Whether the server wiped this device (sync then stays off).
@@ -218,20 +196,23 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
         "sync state loaded"
     );
 
-    let mut options = MqttOptions::new(device.as_str(), provisioned.mqtt.host.clone(), provisioned.mqtt.port);
-    options.set_keep_alive(Duration::from_secs(30));
     // A persistent session (MQTT 5: clean start off, a day of expiry); the
     // durable outbox, not the broker, is what guarantees delivery.
-    options.set_clean_start(false);
-    options.set_session_expiry_interval(Some(24 * 3600));
-    options.set_max_packet_size(Some(4 * 1024 * 1024));
-    if let Some(will) = machine.last_will(unix_millis()) {
-        options.set_last_will(LastWill::new(will.topic, will.payload, qos1(), will.retain, None));
-    }
-    if provisioned.mqtt.tls {
-        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls_config(&ctx.dir)?))));
+    let tls = if provisioned.mqtt.tls {
+        Some(tls_config(&ctx.dir)?)
     } else {
         log::warn!("sync without TLS: only for a demo on loopback");
+        None
+    };
+    let mut options = facegate_mqtt::session_options(
+        device.as_str(),
+        &provisioned.mqtt.host,
+        provisioned.mqtt.port,
+        tls,
+        MAX_PACKET_BYTES,
+    );
+    if let Some(will) = machine.last_will(unix_millis()) {
+        options.set_last_will(LastWill::new(will.topic, will.payload, qos1(), will.retain, None));
     }
     let (client, events) = AsyncClient::new(options, 256);
     let (forward, mut incoming) = mpsc::channel(256);

@@ -62,7 +62,7 @@ fn context_at(root: &Path) -> SyncContext {
 }
 
 async fn execute_command(ctx: &SyncContext, id: u64, command: Command) -> Result<Option<Report>, SyncError> {
-    let (client, _events) = AsyncClient::new(MqttOptions::new("test", "127.0.0.1", 1), 8);
+    let (client, _events) = AsyncClient::new(rumqttc::v5::MqttOptions::new("test", "127.0.0.1", 1), 8);
     execute(ctx, &client, DeviceAction::Execute { id, command }).await
 }
 

@@ -37,7 +37,6 @@ use std::time::Duration;
 
 use facegate_protocol::sync::server::{ServerConfig, ServerSync};
 use rumqttc::v5::{AsyncClient, MqttOptions};
-use rumqttc::{TlsConfiguration, Transport};
 use tokio::sync::{mpsc, watch};
 
 use super::SyncConfig;
@@ -49,9 +48,6 @@ use super::publisher::{Publisher, Retention};
 use crate::metrics::Labels;
 use crate::readiness::Dependency;
 use crate::store::Store;
-
-/// MQTT session expiry asked of the broker, in seconds.
-const SESSION_EXPIRY_SECS: u32 = 24 * 3600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -134,44 +130,27 @@ impl SyncStats {
 }
 
 /// A rustls client configuration (ring) trusting `ca_pem_path` and
-/// authenticating with the PEM certificate and key.
+/// authenticating with the PEM certificate and key ([`facegate_mqtt`]).
 pub fn client_tls(
     ca_pem_path: &std::path::Path,
     cert_path: &std::path::Path,
     key_path: &std::path::Path,
 ) -> Result<Arc<rustls::ClientConfig>, SyncError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let tls = |e: &dyn std::fmt::Display, p: &std::path::Path| SyncError::Tls(format!("{}: {e}", p.display()));
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(ca_pem_path).map_err(|e| tls(&e, ca_pem_path))? {
-        roots.add(ca.map_err(|e| tls(&e, ca_pem_path))?).map_err(|e| tls(&e, ca_pem_path))?;
-    }
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-        .map_err(|e| tls(&e, cert_path))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| tls(&e, cert_path))?;
-    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| tls(&e, key_path))?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| SyncError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .map_err(|e| SyncError::Tls(e.to_string()))?;
-    Ok(Arc::new(config))
+    let read =
+        |path: &std::path::Path| std::fs::read(path).map_err(|e| SyncError::Tls(format!("{}: {e}", path.display())));
+    let names = [ca_pem_path, cert_path, key_path].map(|p| p.display().to_string());
+    facegate_mqtt::client_tls(
+        &read(ca_pem_path)?,
+        &read(cert_path)?,
+        &read(key_path)?,
+        [names[0].as_str(), names[1].as_str(), names[2].as_str()],
+    )
+    .map_err(|e| SyncError::Tls(e.to_string()))
 }
 
-/// MQTT 5 options for a persistent-session TLS client.
+/// MQTT 5 options for this replica's persistent-session TLS client.
 pub fn mqtt_options(client_id: &str, host: &str, port: u16, tls: Arc<rustls::ClientConfig>) -> MqttOptions {
-    let mut options = MqttOptions::new(client_id, host, port);
-    options
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)))
-        .set_keep_alive(Duration::from_secs(30))
-        .set_clean_start(false)
-        .set_session_expiry_interval(Some(SESSION_EXPIRY_SECS))
-        .set_max_packet_size(Some(super::broker::MAX_PACKET_BYTES as u32))
-        .set_connection_timeout(10);
-    options
+    facegate_mqtt::session_options(client_id, host, port, Some(tls), super::broker::MAX_PACKET_BYTES as u32)
 }
 
 /// This replica's MQTT client id: configured, or a random one kept in the
