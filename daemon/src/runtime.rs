@@ -125,6 +125,8 @@ pub fn run(config: &DaemonConfig, shutdown: Arc<AtomicBool>) -> Result<(), RunEr
     if let Some(addr) = config.http.listen {
         let listener =
             runtime.block_on(tokio::net::TcpListener::bind(addr)).map_err(|source| RunError::Http { addr, source })?;
+        // The bound address: with port 0 the kernel picked it.
+        let addr = listener.local_addr().unwrap_or(addr);
         runtime.spawn(crate::http::serve(listener, registry.clone(), readiness.clone(), shutdown.clone()));
         log::info!(addr:% = addr; "health and metrics endpoint listening");
     }

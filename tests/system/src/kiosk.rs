@@ -5,10 +5,10 @@
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::{Process, binary, decisions, free_port, logs_of, metric, metrics_text, repo};
+use crate::{Process, binary, decisions, logs_of, metric, metrics_text, repo};
 
 /// A folder of frames where a person walks up again and again: the live
 /// clip of the test data, then `gap_ms` of empty frames at the clip's
@@ -43,7 +43,9 @@ pub fn live_clip() -> PathBuf {
 pub struct Kiosk {
     pub id: String,
     pub dir: PathBuf,
-    pub metrics_port: u16,
+    /// The daemon's `/metrics` port, read from its log once it listens
+    /// (it binds port 0: no port picked ahead can be taken meanwhile).
+    metrics_port: AtomicU16,
     config: PathBuf,
     process: Option<Process>,
     starts: u32,
@@ -63,7 +65,6 @@ impl Kiosk {
             .output()
             .unwrap();
         assert!(out.status.success(), "provisioning {id}: {}", String::from_utf8_lossy(&out.stderr));
-        let metrics_port = free_port();
         let config = dir.join("daemon.toml");
         std::fs::write(
             &config,
@@ -88,7 +89,7 @@ db = "{db}"
 cooldown-ms = 1000
 
 [http]
-listen = "127.0.0.1:{metrics_port}"
+listen = "127.0.0.1:0"
 
 [sync]
 dir = "{sync}"
@@ -100,7 +101,7 @@ dir = "{sync}"
             ),
         )
         .unwrap();
-        Self { id: id.into(), dir, metrics_port, config, process: None, starts: 0 }
+        Self { id: id.into(), dir, metrics_port: AtomicU16::new(0), config, process: None, starts: 0 }
     }
 
     /// Adds `key = value` lines to the daemon's `[sync]` section (the last
@@ -116,6 +117,7 @@ dir = "{sync}"
         assert!(self.process.is_none(), "{} is already running", self.id);
         self.starts += 1;
         let log = self.dir.join(format!("daemon-{}.log", self.starts));
+        self.metrics_port.store(0, Ordering::Relaxed);
         let mut command = Command::new(binary("facegate-daemon"));
         command.args(["run", "--config", self.config.to_str().unwrap()]).env("RUST_LOG", "info");
         self.process = Some(Process::spawn_logged(&format!("facegate-daemon {}", self.id), &mut command, &log));
@@ -132,12 +134,26 @@ dir = "{sync}"
         self.dir.join("sync")
     }
 
+    /// The port the running daemon's `/metrics` listens on, once its log
+    /// says so.
+    fn metrics_port(&self) -> Option<u16> {
+        let known = self.metrics_port.load(Ordering::Relaxed);
+        if known != 0 {
+            return Some(known);
+        }
+        let log = std::fs::read_to_string(self.dir.join(format!("daemon-{}.log", self.starts))).ok()?;
+        let line = log.lines().find(|l| l.contains("health and metrics endpoint listening"))?;
+        let port: u16 = line.split("addr=").nth(1)?.split_whitespace().next()?.rsplit(':').next()?.parse().ok()?;
+        self.metrics_port.store(port, Ordering::Relaxed);
+        Some(port)
+    }
+
     pub fn metric(&self, name: &str) -> Option<f64> {
-        metric(self.metrics_port, name)
+        metric(self.metrics_port()?, name)
     }
 
     pub fn metrics(&self) -> Option<String> {
-        metrics_text(self.metrics_port)
+        metrics_text(self.metrics_port()?)
     }
 
     pub fn identities(&self) -> Option<u64> {
@@ -145,7 +161,7 @@ dir = "{sync}"
     }
 
     pub fn decisions(&self) -> Option<u64> {
-        decisions(self.metrics_port).map(|n| n as u64)
+        decisions(self.metrics_port()?).map(|n| n as u64)
     }
 
     /// Everything the daemon has logged so far.
