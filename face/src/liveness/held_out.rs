@@ -574,3 +574,64 @@ pub fn tune(base: LivenessConfig, traces: &Traces) -> Tuning {
     let config = best.map_or(base, |(_, c)| c);
     Tuning { table: summarise(config, traces), config, candidates }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::liveness::{DeformationMeasure, FrameMeasure};
+
+    /// `frames` steps 40 ms apart whose deformation pairs are `measure`.
+    fn trace(presentation: Presentation, measure: DeformationMeasure) -> Trace {
+        let cues = FrameCues {
+            moire: None,
+            frame: FrameMeasure::default(),
+            model: None,
+            motion: None,
+            deformation: Some(measure),
+            still_difference: Some(2.0),
+        };
+        let steps = (0..76).map(|i| Step { at_ms: 40 * i, cues }).collect();
+        Trace { presentation, identity: "Some_One".into(), source: "test".into(), steps, complete: true }
+    }
+
+    #[test]
+    fn tuning_keeps_a_turning_bent_photo_out_and_a_still_blinking_face_in() {
+        // A turning cylinder: moves, changes cells away from its eyes. A
+        // live face: holds still, a few cells change.
+        let cylinder = DeformationMeasure {
+            points: 40,
+            motion: 3.0,
+            bent_residual: 1.0,
+            bent_local: 3.0,
+            bent_feature_local: 0.8,
+            ..DeformationMeasure::default()
+        };
+        let person = DeformationMeasure {
+            points: 40,
+            motion: 0.2,
+            bent_residual: 0.3,
+            bent_local: 2.5,
+            bent_feature_local: 1.0,
+            ..DeformationMeasure::default()
+        };
+        let traces = Traces {
+            half: Half::Tuning,
+            identities: vec!["Some_One".into()],
+            traces: vec![
+                trace(Presentation::Attack(Species::Cylinder.as_str().into()), cylinder),
+                trace(Presentation::BonaFide, person),
+            ],
+            no_face: BTreeMap::new(),
+            latency: Latency::default(),
+        };
+        let tuning = tune(LivenessConfig::default(), &traces);
+        let c = tuning.config;
+        assert!(c.still_motion < cylinder.motion && c.local_live <= person.bent_local, "{c:?}");
+        assert!(c.feature_live > cylinder.bent_feature_local && c.residual_live > cylinder.bent_residual, "{c:?}");
+        assert_eq!(judge(c, &traces.traces[0]).map(|r| r.verdict), Some(Verdict::Spoof));
+        assert_eq!(judge(c, &traces.traces[1]).map(|r| r.verdict), Some(Verdict::Live));
+        let cylinders = tuning.table.attacks.iter().find(|r| r.name == "cylinder").map(|r| (r.presentations, r.errors));
+        assert_eq!(cylinders, Some((1, 0)));
+        assert_eq!((tuning.table.bona_fide.presentations, tuning.table.bona_fide.errors), (1, 0));
+    }
+}
