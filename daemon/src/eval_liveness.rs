@@ -263,11 +263,13 @@ fn print_text(output: &Output) {
     if let Some(tuning) = &output.tuning {
         let c = &tuning.config;
         println!(
-            "thresholds chosen on the {} half ({} settings tried): residual-live = {:.1}, local-live = {:.1}, live-pairs = {}",
+            "thresholds chosen on the {} half ({} settings tried): residual-live = {:.1}, local-live = {:.1}, feature-live = {:.1}, still-motion = {:.2}, live-pairs = {}",
             tuning.table.half.as_str(),
             tuning.candidates,
             c.residual_live,
             c.local_live,
+            c.feature_live,
+            c.still_motion,
             c.live_pairs
         );
         print_table(&tuning.table);
@@ -285,11 +287,13 @@ fn print_text(output: &Output) {
 fn print_table(table: &Table) {
     let c = &table.config;
     println!(
-        "{} half: {} identities' photos; residual-live {:.1}, local-live {:.1}, live-pairs {}",
+        "{} half: {} identities' photos; residual-live {:.1}, local-live {:.1}, feature-live {:.1}, still-motion {:.2}, live-pairs {}",
         table.half.as_str(),
         table.identities,
         c.residual_live,
         c.local_live,
+        c.feature_live,
+        c.still_motion,
         c.live_pairs
     );
     println!(

@@ -28,19 +28,32 @@
 //!   (+ [`CHANGE_FLOOR`]): a blink or a moving mouth is a few cells, noise and
 //!   resampling are every cell alike.
 //!
+//! * **A bent sheet**: a photo bent around a vertical cylinder and turned is
+//!   not a plane either, but what it adds to the homography depends on x
+//!   alone ([`ColumnBend`]: per grid column, the median residual).
+//!   `bent_residual` and `bent_local` are `residual` and `local` with that
+//!   bend undone too, and `bent_feature_local` is `bent_local` with the
+//!   largest cell taken among those holding the eyes and mouth corners. The
+//!   verdict uses these (see `track::shows_life`): a cylinder's motion leaves
+//!   nothing once the bend is undone — but its silhouette, shading and the
+//!   edges of the model still change cells away from the eyes while it
+//!   turns, so the whole-face `bent_local` counts only while the face holds
+//!   still (`still-motion`), and the eye and mouth cells count always.
+//!
 //! The same square also tells whether the camera froze: the current frame
 //! resampled in the previous frame's geometry, compared with that frame
 //! ([`frozen_difference`]); a still picture replayed bit for bit gives 0.
 //!
-//! Limits: a photo bent around a cylinder and turned is not a plane either
-//! (its motion departs from a homography like a turning head's does, only
-//! smoother); a head that neither turns nor blinks within the window gives
-//! no evidence and is not live (the kiosk asks the person to look at it).
+//! Limits: a sheet bent around a horizontal axis, or creased, is not
+//! modelled; a head that neither blinks nor moves its mouth while holding
+//! still within the window gives no evidence and is not live (the kiosk asks
+//! the person to look at it).
 
 use std::time::Duration;
 
 use image::RgbImage;
 
+use super::bend::ColumnBend;
 use super::homography::Homography;
 use super::motion::{HALF, SEARCH, match_point};
 use super::sampling::{self, LumaSquare, Square};
@@ -80,7 +93,7 @@ pub(crate) struct FaceSample {
 }
 
 /// One comparison of the current face with an earlier one.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DeformationMeasure {
     /// Time between the two frames, in milliseconds.
     pub lag_ms: f32,
@@ -99,6 +112,19 @@ pub struct DeformationMeasure {
     pub local: f32,
     /// Median cell change (apparent misregistration, samples).
     pub change: f32,
+    /// `residual` once a bend is undone too: the 80th percentile of the
+    /// points' distance from the homography plus a [`ColumnBend`] (a sheet
+    /// bent around a vertical axis), in samples.
+    #[serde(default)]
+    pub bent_residual: f32,
+    /// `local` after undoing the homography and the [`ColumnBend`]: a photo
+    /// bent around a cylinder and turned leaves nothing; a blink does.
+    #[serde(default)]
+    pub bent_local: f32,
+    /// `bent_local` with the largest cell taken among the cells holding the
+    /// eyes and the mouth corners only (the median over all cells).
+    #[serde(default)]
+    pub bent_feature_local: f32,
 }
 
 fn square_for(detection: &Detection) -> Square {
@@ -174,11 +200,48 @@ pub(crate) fn compare(
         }
         None => (0.0, 0.0),
     };
-    let warp = |p: Point| match &fit {
+    let plane = |p: Point| match &fit {
         Some(h) => h.apply(p),
         None => Some(similarity.apply(p)),
     };
-    let (local, change) = local_change(a, &current, warp);
+    let (local, change) = cell_changes(a, &current, plane).map_or((0.0, 0.0), |c| (c.local(u16::MAX), c.median));
+    let (mut bent_from, mut bent_residuals) = (Vec::with_capacity(from.len()), Vec::with_capacity(from.len()));
+    for (&f, &t) in from.iter().zip(&to) {
+        if let Some(q) = plane(f) {
+            bent_from.push(f);
+            bent_residuals.push(Point::new(t.x - q.x, t.y - q.y));
+        }
+    }
+    let bend = ColumnBend::fit(&bent_from, &bent_residuals);
+    let bent_residual = match &bend {
+        Some(bend) => {
+            let mut errors: Vec<f32> = bent_from
+                .iter()
+                .zip(&bent_residuals)
+                .map(|(f, r)| {
+                    let o = bend.offset(f.x);
+                    (r.x - o.x).hypot(r.y - o.y).min(10.0)
+                })
+                .collect();
+            let k = (errors.len() * 4 / 5).min(errors.len().saturating_sub(1));
+            errors.select_nth_unstable_by(k, f32::total_cmp);
+            errors[k]
+        }
+        None => residual,
+    };
+    let bent = |p: Point| {
+        let q = plane(p)?;
+        Some(match &bend {
+            Some(bend) => {
+                let o = bend.offset(p.x);
+                Point::new(q.x + o.x, q.y + o.y)
+            }
+            None => q,
+        })
+    };
+    let features = feature_cells(&before);
+    let (bent_local, bent_feature_local) =
+        cell_changes(a, &current, bent).map_or((0.0, 0.0), |c| (c.local(u16::MAX), c.local(features)));
     Some(DeformationMeasure {
         lag_ms: at.saturating_sub(reference.at).as_secs_f32() * 1e3,
         points: from.len() as u32,
@@ -187,7 +250,40 @@ pub(crate) fn compare(
         outliers,
         local,
         change,
+        bent_residual,
+        bent_local,
+        bent_feature_local,
     })
+}
+
+/// The face's cells span (first, last) sample in each direction.
+fn cell_span() -> (usize, usize) {
+    let n = SIZE;
+    let centre = n as f32 * 0.5 - 0.5;
+    let half = REACH * BOX;
+    ((centre - half).ceil().max(0.0) as usize, ((centre + half).floor() as usize).min(n - 1))
+}
+
+/// The cell holding sample (x, y), if it lies inside the cells.
+fn cell_of(x: f32, y: f32) -> Option<usize> {
+    let (lo, hi) = cell_span();
+    let span = (hi + 1 - lo) as f32;
+    let (u, v) = ((x - lo as f32) / span, (y - lo as f32) / span);
+    if !((0.0..1.0).contains(&u) && (0.0..1.0).contains(&v)) {
+        return None;
+    }
+    let (cx, cy) = ((u * CELLS as f32) as usize, (v * CELLS as f32) as usize);
+    Some(cy.min(CELLS - 1) * CELLS + cx.min(CELLS - 1))
+}
+
+/// Bit mask of the cells holding the eyes and the mouth corners (landmarks
+/// 0, 1, 3, 4, in sample coordinates); all cells when none lies inside.
+fn feature_cells(landmarks: &[Point; 5]) -> u16 {
+    let mask = [0usize, 1, 3, 4]
+        .iter()
+        .filter_map(|&i| cell_of(landmarks[i].x, landmarks[i].y))
+        .fold(0u16, |mask, cell| mask | (1 << cell));
+    if mask == 0 { u16::MAX } else { mask }
 }
 
 /// Grid points inside the face whose patch has texture in two directions.
@@ -224,13 +320,34 @@ fn face_points(a: &LumaSquare) -> Vec<(usize, usize)> {
     points
 }
 
-/// (largest cell / (median cell + floor), median cell) of the difference
-/// between `b` and `a` warped by `warp`, after a brightness/contrast match.
-fn local_change(a: &LumaSquare, b: &LumaSquare, warp: impl Fn(Point) -> Option<Point>) -> (f32, f32) {
+/// Each cell's change between `b` and `a` warped by `warp`, after a
+/// brightness/contrast match: the mean absolute residual, the cell's own mean
+/// removed, over the cell's mean gradient (+ floor) — an apparent
+/// misregistration in samples. `None` when too little of the face is
+/// comparable.
+struct CellChanges {
+    cells: [Option<f32>; CELLS * CELLS],
+    median: f32,
+}
+
+impl CellChanges {
+    /// The largest change among the cells of `mask` (bit i: cell i) over the
+    /// median cell's (+ floor).
+    fn local(&self, mask: u16) -> f32 {
+        let largest = self
+            .cells
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| mask & (1 << i) != 0)
+            .filter_map(|(_, c)| *c)
+            .fold(0.0f32, f32::max);
+        largest / (self.median + CHANGE_FLOOR)
+    }
+}
+
+fn cell_changes(a: &LumaSquare, b: &LumaSquare, warp: impl Fn(Point) -> Option<Point>) -> Option<CellChanges> {
     let n = SIZE;
-    let centre = n as f32 * 0.5 - 0.5;
-    let half = REACH * BOX;
-    let (lo, hi) = ((centre - half).ceil().max(0.0) as usize, ((centre + half).floor() as usize).min(n - 1));
+    let (lo, hi) = cell_span();
     let span = (hi + 1 - lo) as f32;
     let mut pairs: Vec<(usize, f32, f32)> = Vec::with_capacity((hi + 1 - lo) * (hi + 1 - lo));
     let mut gradients = [0.0f64; CELLS * CELLS];
@@ -257,7 +374,7 @@ fn local_change(a: &LumaSquare, b: &LumaSquare, warp: impl Fn(Point) -> Option<P
         }
     }
     if pairs.len() < CELLS * CELLS * 4 {
-        return (0.0, 0.0);
+        return None;
     }
     // Least-squares gain and offset: b ≈ gain · a + offset.
     let count = pairs.len() as f64;
@@ -288,19 +405,19 @@ fn local_change(a: &LumaSquare, b: &LumaSquare, warp: impl Fn(Point) -> Option<P
     for (cell, r) in residuals {
         deviation[cell] += (r - means[cell]).abs();
     }
-    let mut cells: Vec<f32> = (0..CELLS * CELLS)
-        .filter(|&i| counts[i] >= 4)
-        .map(|i| {
+    let mut cells = [None; CELLS * CELLS];
+    for (i, cell) in cells.iter_mut().enumerate() {
+        if counts[i] >= 4 {
             let count = f64::from(counts[i]);
-            (deviation[i] / count / (gradients[i] / count + f64::from(GRADIENT_FLOOR))) as f32
-        })
-        .collect();
-    if cells.len() < CELLS * CELLS / 2 {
-        return (0.0, 0.0);
+            *cell = Some((deviation[i] / count / (gradients[i] / count + f64::from(GRADIENT_FLOOR))) as f32);
+        }
     }
-    let largest = cells.iter().copied().fold(0.0f32, f32::max);
-    let middle = median(&mut cells).unwrap_or(0.0);
-    (largest / (middle + CHANGE_FLOOR), middle)
+    let mut present: Vec<f32> = cells.iter().flatten().copied().collect();
+    if present.len() < CELLS * CELLS / 2 {
+        return None;
+    }
+    let median = median(&mut present).unwrap_or(0.0);
+    Some(CellChanges { cells, median })
 }
 
 fn bilinear(b: &LumaSquare, p: Point) -> Option<f32> {
@@ -383,6 +500,51 @@ mod tests {
         let reference = sample_frame(&face(0.0, 0.0, 60), &d, Duration::ZERO);
         let m = compare(&reference, &face(0.0, 0.0, 200), &d, Duration::from_millis(200)).unwrap();
         assert!(m.local > 5.0, "{m:?}");
+    }
+
+    /// The textured "face" printed on a sheet bent around a vertical
+    /// cylinder (axis through the box centre, radius 0.6 box widths) turned
+    /// by `yaw` radians, shading fixed to the camera, over a static scene.
+    fn cylinder(yaw: f32) -> RgbImage {
+        let (axis, radius) = (150.0f32, 60.0f32);
+        RgbImage::from_fn(320, 240, |x, y| {
+            let rel = (x as f32 - axis) / radius;
+            let value = if rel.abs() >= 0.999 {
+                100.0 + 30.0 * ((x as f32 * 0.13).sin() + (y as f32 * 0.19).cos())
+            } else {
+                let normal = rel.asin();
+                let u = axis + radius * (normal - yaw);
+                let v = y as f32;
+                let t = 128.0 + 50.0 * ((u * 0.21).sin() * (v * 0.17).cos()) + 25.0 * ((u * 0.07 + v * 0.11).sin());
+                t * (0.8 + 0.2 * normal.cos())
+            };
+            let value = value.clamp(0.0, 255.0) as u8;
+            Rgb([value, value, value])
+        })
+    }
+
+    #[test]
+    fn a_turned_cylinder_is_not_planar_but_leaves_nothing_once_the_bend_is_undone() {
+        let d = detection(100.0, 60.0);
+        let reference = sample_frame(&cylinder(0.0), &d, Duration::ZERO);
+        let m = compare(&reference, &cylinder(0.14), &d, Duration::from_millis(200)).unwrap();
+        assert!(m.points >= 20, "{m:?}");
+        // The homography alone leaves the cylinder's bend: the old cue took it for life.
+        assert!(m.local >= 2.0 * m.bent_local, "{m:?}");
+        assert!(m.bent_residual < 0.6 && m.bent_residual < 0.5 * m.residual, "{m:?}");
+        let threshold = super::super::LivenessConfig::default().local_live;
+        assert!(m.bent_local < threshold, "{m:?}");
+        assert!(m.bent_feature_local <= m.bent_local, "{m:?}");
+    }
+
+    #[test]
+    fn a_blink_is_a_local_change_once_the_bend_is_undone_too() {
+        let d = detection(100.0, 60.0);
+        let reference = sample_frame(&face(0.0, 0.0, 60), &d, Duration::ZERO);
+        let m = compare(&reference, &face(2.0, 1.0, 200), &detection(102.0, 61.0), Duration::from_millis(200)).unwrap();
+        let threshold = super::super::LivenessConfig::default().local_live;
+        assert!(m.bent_local > 2.0 * threshold, "{m:?}");
+        assert!(m.bent_feature_local > 2.0 * threshold, "{m:?}");
     }
 
     #[test]

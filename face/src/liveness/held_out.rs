@@ -497,7 +497,7 @@ fn fast_judge(config: &LivenessConfig, reduced: &Reduced<'_>) -> (Verdict, &'sta
     let mut outcome = (Verdict::Unsure, "no-live-evidence");
     for (other, deformation) in &reduced.steps {
         if let Some(m) = deformation {
-            if m.residual >= config.residual_live || m.local >= config.local_live {
+            if super::track::shows_life(config, m) {
                 live += 1;
             } else if m.motion >= config.min_face_motion && m.points >= 8 {
                 rigid += 1;
@@ -514,45 +514,124 @@ fn fast_judge(config: &LivenessConfig, reduced: &Reduced<'_>) -> (Verdict, &'sta
     outcome
 }
 
-/// Chooses `residual-live`, `local-live` and `live-pairs` on `traces` (the
-/// tuning half): among the settings that accept no attack of any species
-/// other than `cylinder` as live, the one with the fewest refused live
-/// attempts, then the fewest live cylinders, then the highest thresholds.
+/// Chooses the positive-evidence thresholds (`residual-live`, `local-live`,
+/// `feature-live`, `still-motion`, `live-pairs`) on `traces` (the tuning
+/// half): among the settings that accept no attack of any species as live
+/// (the cylinder included), the one with the fewest refused live attempts,
+/// then the strictest (highest thresholds, most pairs, lowest
+/// `still-motion`); when every setting accepts some attack, the fewest
+/// accepted attacks first.
 pub fn tune(base: LivenessConfig, traces: &Traces) -> Tuning {
-    let reduced: Vec<Reduced<'_>> = traces.traces.iter().map(|t| reduce(base, t)).collect();
+    let mut reduced: Vec<Reduced<'_>> = traces.traces.iter().map(|t| reduce(base, t)).collect();
+    // Attacks first, so that a setting accepting one is dropped early.
+    reduced.sort_by_key(|r| matches!(r.trace.presentation, Presentation::BonaFide));
+    let tenths = |from: i32, to: i32| (from..=to).map(|t| t as f32 * 0.1);
     let mut best: Option<((usize, usize, i64), LivenessConfig)> = None;
     let mut candidates = 0;
-    for live_pairs in 1..=10usize {
-        for residual in (5..=40).map(|r| r as f32 * 0.1) {
-            for local in (4..=30).map(|l| l as f32 * 0.5) {
-                candidates += 1;
-                let config = LivenessConfig { residual_live: residual, local_live: local, live_pairs, ..base };
-                let (mut refused, mut cylinder, mut accepted) = (0usize, 0usize, 0usize);
-                for r in &reduced {
-                    let (verdict, _) = fast_judge(&config, r);
-                    let rated = verdict != Verdict::Unsure || r.trace.complete;
-                    if !rated || r.steps.is_empty() {
-                        continue;
-                    }
-                    match &r.trace.presentation {
-                        Presentation::BonaFide => refused += usize::from(verdict != Verdict::Live),
-                        Presentation::Attack(name) if name == Species::Cylinder.as_str() => {
-                            cylinder += usize::from(verdict == Verdict::Live)
+    for live_pairs in 1..=4usize {
+        for still_motion in [0.25f32, 0.5, 0.75, 1.0, 1.5, 2.0] {
+            for residual in [2.0f32, 2.5, 3.0, 4.0, 6.0, 8.0] {
+                for feature in tenths(15, 40) {
+                    for local in tenths(12, 40) {
+                        candidates += 1;
+                        let config = LivenessConfig {
+                            residual_live: residual,
+                            local_live: local,
+                            feature_live: feature,
+                            still_motion,
+                            live_pairs,
+                            ..base
+                        };
+                        let margin = -((residual * 10.0).round() as i64
+                            + (local * 10.0).round() as i64
+                            + (feature * 10.0).round() as i64
+                            + live_pairs as i64
+                            - (still_motion * 10.0).round() as i64);
+                        let (mut refused, mut accepted) = (0usize, 0usize);
+                        for r in &reduced {
+                            if best.as_ref().is_some_and(|((a, f, _), _)| (accepted, refused) > (*a, *f)) {
+                                break;
+                            }
+                            let (verdict, _) = fast_judge(&config, r);
+                            let rated = verdict != Verdict::Unsure || r.trace.complete;
+                            if !rated || r.steps.is_empty() {
+                                continue;
+                            }
+                            match &r.trace.presentation {
+                                Presentation::BonaFide => refused += usize::from(verdict != Verdict::Live),
+                                Presentation::Attack(_) => accepted += usize::from(verdict == Verdict::Live),
+                            }
                         }
-                        Presentation::Attack(_) => accepted += usize::from(verdict == Verdict::Live),
+                        let key = (accepted, refused, margin);
+                        if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                            best = Some((key, config));
+                        }
                     }
-                }
-                if accepted > 0 {
-                    continue;
-                }
-                let margin = -((residual * 10.0).round() as i64 + (local * 2.0).round() as i64 + live_pairs as i64);
-                let key = (refused, cylinder, margin);
-                if best.as_ref().is_none_or(|(k, _)| key < *k) {
-                    best = Some((key, config));
                 }
             }
         }
     }
     let config = best.map_or(base, |(_, c)| c);
     Tuning { table: summarise(config, traces), config, candidates }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::liveness::{DeformationMeasure, FrameMeasure};
+
+    /// `frames` steps 40 ms apart whose deformation pairs are `measure`.
+    fn trace(presentation: Presentation, measure: DeformationMeasure) -> Trace {
+        let cues = FrameCues {
+            moire: None,
+            frame: FrameMeasure::default(),
+            model: None,
+            motion: None,
+            deformation: Some(measure),
+            still_difference: Some(2.0),
+        };
+        let steps = (0..76).map(|i| Step { at_ms: 40 * i, cues }).collect();
+        Trace { presentation, identity: "Some_One".into(), source: "test".into(), steps, complete: true }
+    }
+
+    #[test]
+    fn tuning_keeps_a_turning_bent_photo_out_and_a_still_blinking_face_in() {
+        // A turning cylinder: moves, changes cells away from its eyes. A
+        // live face: holds still, a few cells change.
+        let cylinder = DeformationMeasure {
+            points: 40,
+            motion: 3.0,
+            bent_residual: 1.0,
+            bent_local: 3.0,
+            bent_feature_local: 0.8,
+            ..DeformationMeasure::default()
+        };
+        let person = DeformationMeasure {
+            points: 40,
+            motion: 0.2,
+            bent_residual: 0.3,
+            bent_local: 2.5,
+            bent_feature_local: 1.0,
+            ..DeformationMeasure::default()
+        };
+        let traces = Traces {
+            half: Half::Tuning,
+            identities: vec!["Some_One".into()],
+            traces: vec![
+                trace(Presentation::Attack(Species::Cylinder.as_str().into()), cylinder),
+                trace(Presentation::BonaFide, person),
+            ],
+            no_face: BTreeMap::new(),
+            latency: Latency::default(),
+        };
+        let tuning = tune(LivenessConfig::default(), &traces);
+        let c = tuning.config;
+        assert!(c.still_motion < cylinder.motion && c.local_live <= person.bent_local, "{c:?}");
+        assert!(c.feature_live > cylinder.bent_feature_local && c.residual_live > cylinder.bent_residual, "{c:?}");
+        assert_eq!(judge(c, &traces.traces[0]).map(|r| r.verdict), Some(Verdict::Spoof));
+        assert_eq!(judge(c, &traces.traces[1]).map(|r| r.verdict), Some(Verdict::Live));
+        let cylinders = tuning.table.attacks.iter().find(|r| r.name == "cylinder").map(|r| (r.presentations, r.errors));
+        assert_eq!(cylinders, Some((1, 0)));
+        assert_eq!((tuning.table.bona_fide.presentations, tuning.table.bona_fide.errors), (1, 0));
+    }
 }

@@ -16,9 +16,11 @@
 //!   moves, scene stays" model. Only ever a spoof cue.
 //! * **Face deformation** ([`DeformationMeasure`]), the positive evidence:
 //!   between frames ~0.2 s apart, does the face depart from one homography
-//!   (a nose turning against the plane of the eyes and mouth) or change
-//!   locally once its planar motion is undone (a blink, a mouth)? A flat
-//!   picture, moved or not, does neither.
+//!   plus a bend about a vertical axis (a nose turning against the plane of
+//!   the eyes and mouth), or change locally once that motion is undone — in
+//!   the eye and mouth cells (a blink, a mouth), or anywhere while the face
+//!   holds still? A flat picture, moved or not, does neither; a photo bent
+//!   around a cylinder and turned changes only away from the eyes.
 //! * **Frozen frames**: consecutive faces (nearly) identical — a frozen camera
 //!   or an injected still. A fault, never live.
 //! * **Operator model** ([`PadModel`]): a passive anti-spoofing ONNX model
@@ -42,6 +44,7 @@
 //! BPCER, as `facegate-daemon eval liveness` prints them; [`eval`] is the
 //! per-file evaluation of labelled stills and clips ([`dataset`]).
 
+mod bend;
 mod config;
 pub mod corpus;
 pub mod dataset;

@@ -276,9 +276,8 @@ impl LivenessTrack {
         self.faces.push_back(face);
     }
 
-    /// Whether one frame pair showed a face no flat picture gives.
     fn shows_life(&self, m: &DeformationMeasure) -> bool {
-        m.residual >= self.config.residual_live || m.local >= self.config.local_live
+        shows_life(&self.config, m)
     }
 
     /// The verdict from everything observed so far; see the module docs for
@@ -382,6 +381,16 @@ impl LivenessTrack {
     }
 }
 
+/// Whether one frame pair showed a face no flat or bent picture gives: off
+/// the homography-plus-bend model (`residual-live`), a blink or a mouth in
+/// the eye and mouth cells (`feature-live`), or, while the face held still,
+/// a change in any few cells (`local-live`).
+pub(crate) fn shows_life(config: &LivenessConfig, m: &DeformationMeasure) -> bool {
+    m.bent_residual >= config.residual_live
+        || m.bent_feature_local >= config.feature_live
+        || (m.motion < config.still_motion && m.bent_local >= config.local_live)
+}
+
 fn median(values: &VecDeque<f32>) -> Option<f32> {
     if values.is_empty() {
         return None;
@@ -415,8 +424,26 @@ mod tests {
     }
 
     fn deformed(mut cue: FrameCues, motion: f32, residual: f32, local: f32) -> FrameCues {
-        cue.deformation =
-            Some(DeformationMeasure { lag_ms: 200.0, points: 30, motion, residual, outliers: 0.0, local, change: 1.0 });
+        cue.deformation = Some(DeformationMeasure {
+            lag_ms: 200.0,
+            points: 30,
+            motion,
+            residual,
+            local,
+            change: 1.0,
+            bent_residual: residual,
+            bent_local: local,
+            bent_feature_local: 0.0,
+            ..Default::default()
+        });
+        cue
+    }
+
+    /// A pair whose eye and mouth cells changed by `feature`.
+    fn in_the_eyes(mut cue: FrameCues, feature: f32) -> FrameCues {
+        if let Some(m) = cue.deformation.as_mut() {
+            m.bent_feature_local = feature;
+        }
         cue
     }
 
@@ -455,8 +482,9 @@ mod tests {
     fn a_deforming_face_is_live_and_a_rigid_one_is_a_spoof() {
         let config = LivenessConfig::default();
         let mut person = LivenessTrack::new(config, false);
-        feed(&mut person, 10, deformed(cues(0.0, 0.0, None), 2.0, 0.2, 1.5));
-        feed(&mut person, config.live_pairs, deformed(cues(0.0, 0.0, None), 2.0, 2.0 * config.residual_live, 1.5));
+        let small = 0.5 * config.local_live;
+        feed(&mut person, 10, deformed(cues(0.0, 0.0, None), 2.0, 0.2, small));
+        feed(&mut person, config.live_pairs, deformed(cues(0.0, 0.0, None), 2.0, 2.0 * config.residual_live, small));
         let r = person.result();
         assert_eq!((r.verdict, r.reason.code()), (Verdict::Live, "face-deformed"), "{r:?}");
         assert!(r.score >= 0.5);
@@ -464,9 +492,32 @@ mod tests {
         feed(&mut blink, 10, deformed(cues(0.0, 0.0, None), 0.0, 0.0, 2.0 * config.local_live));
         assert_eq!(blink.result().verdict, Verdict::Live);
         let mut photo = LivenessTrack::new(config, false);
-        feed(&mut photo, config.rigid_pairs + 5, deformed(cues(0.0, 0.0, None), 3.0, 0.2, 1.5));
+        feed(&mut photo, config.rigid_pairs + 5, deformed(cues(0.0, 0.0, None), 3.0, 0.2, small));
         let r = photo.result();
         assert_eq!((r.verdict, r.reason.code()), (Verdict::Spoof, "rigid-face"), "{r:?}");
+    }
+
+    #[test]
+    fn a_moving_face_counts_changes_in_the_eyes_and_mouth_only() {
+        let config = LivenessConfig::default();
+        let moving = 2.0 * config.still_motion.max(config.min_face_motion);
+        // A bent photo turning: its edges change, its eyes do not.
+        let mut bent = LivenessTrack::new(config, false);
+        feed(&mut bent, config.rigid_pairs + 5, deformed(cues(0.0, 0.0, None), moving, 0.2, 2.0 * config.local_live));
+        let r = bent.result();
+        assert_eq!((r.verdict, r.reason.code(), r.live_pairs), (Verdict::Spoof, "rigid-face", 0), "{r:?}");
+        // The same change held still, or a blink while moving, is life.
+        let mut still = LivenessTrack::new(config, false);
+        let held = 0.5 * config.still_motion;
+        feed(&mut still, 10, deformed(cues(0.0, 0.0, None), held, 0.2, 2.0 * config.local_live));
+        assert_eq!(still.result().verdict, Verdict::Live);
+        let mut blink = LivenessTrack::new(config, false);
+        let cue = in_the_eyes(
+            deformed(cues(0.0, 0.0, None), moving, 0.2, 0.5 * config.local_live),
+            2.0 * config.feature_live,
+        );
+        feed(&mut blink, 10, cue);
+        assert_eq!(blink.result().verdict, Verdict::Live);
     }
 
     #[test]
@@ -494,7 +545,7 @@ mod tests {
     fn with_a_model_loaded_live_needs_the_model_to_agree() {
         let config = LivenessConfig::default();
         let mut track = LivenessTrack::new(config, true);
-        let mut unsure = deformed(cues(0.0, 0.0, None), 2.0, 5.0, 10.0);
+        let mut unsure = deformed(cues(0.0, 0.0, None), 2.0, 2.0 * config.residual_live, 10.0);
         unsure.model = Some(0.4);
         feed(&mut track, 40, unsure);
         assert_eq!(track.result().reason.code(), "model-unsure");
