@@ -299,8 +299,9 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
     ctx.connected.store(false, Ordering::Relaxed);
     // Let the last words out (a wiped device's final status with the wipe
     // taken; queued acks and audit) before the pump is dropped, but never
-    // hold shutdown for an unreachable broker.
-    if client.disconnect().await.is_ok() {
+    // hold shutdown for an unreachable broker, nor for a request queue that
+    // filled while it was away (try_disconnect does not wait).
+    if client.try_disconnect().is_ok() {
         let flushed = async {
             while let Some(event) = incoming.recv().await {
                 if matches!(event, Incoming::Flushed) {

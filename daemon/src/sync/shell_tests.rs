@@ -42,11 +42,26 @@ fn entry(name: &str, axis: usize) -> SnapshotEntry {
 
 /// The shell's context over the store in `root` (created when new),
 /// opened as the daemon opens it (finishing an interrupted rotation).
+/// `open`, again while the database is `Locked` by this process's own
+/// previous handle: sled lets go of its lock when its background flusher
+/// ends, a moment after the drop (longer on a loaded machine).
+fn reopened<T>(open: impl Fn() -> Result<T, crate::store::StoreError>) -> Result<T, crate::store::StoreError> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open() {
+            Err(crate::store::StoreError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn context_at(root: &Path) -> SyncContext {
     let sync_dir = root.join("sync");
     std::fs::create_dir_all(&sync_dir).unwrap();
     let key_path = root.join("device.key");
-    let shard = crate::store::open_with_key_file(&config(root), &key_path).unwrap();
+    let shard = reopened(|| crate::store::open_with_key_file(&config(root), &key_path)).unwrap();
     SyncContext {
         dir: sync_dir,
         shard: Arc::new(shard),
@@ -238,7 +253,7 @@ fn a_key_rotation_killed_at_any_moment_leaves_a_gallery_that_opens_with_the_key_
         );
         done = recorded;
         drop(ctx);
-        LiveShard::open(&config(&root), DeviceKey::load(&root.join("device.key")).unwrap())
+        reopened(|| LiveShard::open(&config(&root), DeviceKey::load(&root.join("device.key")).unwrap()))
             .unwrap_or_else(|e| panic!("iteration {iteration}: the key file alone does not open the database: {e}"));
     }
     eprintln!("rotation crash test: 25 kills, {done} rotations, {:.1} s", started.elapsed().as_secs_f64());
