@@ -159,17 +159,19 @@ pub enum DecisionKind {
     Spoof,
 }
 
-/// One actuation sink.
+/// One actuation sink (fields in kebab-case like every other key:
+/// `pulse-ms`, `active-low`, `timeout-ms`; the snake_case spellings earlier
+/// builds took are still read).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "kebab-case", rename_all_fields = "kebab-case", deny_unknown_fields)]
 pub enum SinkConfig {
     /// Pulses a GPIO line (door strike relay) through the GPIO character device.
     Gpio {
         chip: PathBuf,
         line: u32,
-        #[serde(default = "default_pulse_ms")]
+        #[serde(default = "default_pulse_ms", alias = "pulse_ms")]
         pulse_ms: u64,
-        #[serde(default)]
+        #[serde(default, alias = "active_low")]
         active_low: bool,
         #[serde(default = "grant_only")]
         on: Vec<DecisionKind>,
@@ -177,7 +179,7 @@ pub enum SinkConfig {
     /// Runs a command (argv, no shell) with the decision in its environment.
     Command {
         argv: Vec<String>,
-        #[serde(default = "default_command_timeout_ms")]
+        #[serde(default = "default_command_timeout_ms", alias = "timeout_ms")]
         timeout_ms: u64,
         #[serde(default = "grant_only")]
         on: Vec<DecisionKind>,
@@ -321,6 +323,29 @@ mod tests {
         assert!(err.to_string().contains("device.id"), "{err}");
         let err = parse("[source]\nkind = \"camera\"\n[http]\nlisten = \"0.0.0.0:9464\"\n").unwrap_err();
         assert!(err.to_string().contains("loopback"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_sink_examples_parse_when_uncommented() {
+        let sinks: String = DEFAULT_CONFIG
+            .split("[actuation]\n")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l.trim_start_matches('#').trim_start()))
+            .collect();
+        let config = parse(&format!("[source]\nkind = \"camera\"\n[actuation]\n{sinks}")).unwrap();
+        assert!(matches!(
+            config.actuation.sinks.as_slice(),
+            [SinkConfig::Gpio { pulse_ms: 3000, .. }, SinkConfig::Command { timeout_ms: 2000, .. }]
+        ));
+        // The snake_case spelling earlier builds took still reads.
+        let earlier = parse(
+            "[source]\nkind = \"camera\"\n[[actuation.sinks]]\nkind = \"command\"\nargv = [\"x\"]\ntimeout_ms = 5\n",
+        )
+        .unwrap();
+        assert!(matches!(earlier.actuation.sinks.as_slice(), [SinkConfig::Command { timeout_ms: 5, .. }]));
     }
 
     #[test]
