@@ -235,10 +235,10 @@ impl Kiosk {
         }
         log::info!(
             decision = record.decision.as_str(),
-            identity:? = record.identity.as_ref().map(IdentityId::as_str),
-            score:? = record.score,
+            identity = record.identity.as_ref().map(IdentityId::as_str),
+            score = record.score,
             track = record.track,
-            audit_seq:? = audit_seq,
+            audit_seq = audit_seq,
             reason = record.reason.as_str();
             "door decision"
         );
