@@ -261,6 +261,15 @@ impl DaemonConfig {
             return Err(format!("decision.threshold is a cosine similarity in [-1, 1], got {t}"));
         }
         self.liveness.check().map_err(|e| format!("liveness: {e}"))?;
+        self.quality.check().map_err(|e| format!("quality.{e}"))?;
+        if let Some(margin) = d.margin
+            && !(margin.is_finite() && (0.0..=1.0).contains(&margin))
+        {
+            return Err(format!("decision.margin is a similarity difference in [0, 1], got {margin}"));
+        }
+        if self.gallery.db.as_os_str().is_empty() {
+            return Err("gallery.db must name a directory".into());
+        }
         self.source.check()?;
         if let Some(side) = self.models.detector_max_side
             && !(64..=4096).contains(&side)
@@ -346,6 +355,22 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(earlier.actuation.sinks.as_slice(), [SinkConfig::Command { timeout_ms: 5, .. }]));
+    }
+
+    #[test]
+    fn numbers_that_are_not_numbers_and_empty_paths_are_refused_by_key() {
+        let camera = "[source]\nkind = \"camera\"\n";
+        for (extra, key) in [
+            ("[quality]\nmax-yaw = nan\n", "quality.max-yaw"),
+            ("[quality]\nmin-eye-distance = -3.0\n", "quality.min-eye-distance"),
+            ("[quality]\nmin-brightness = 250.0\nmax-brightness = 10.0\n", "quality.min-brightness"),
+            ("[decision]\nmargin = nan\n", "decision.margin"),
+            ("[decision]\nmargin = -0.1\n", "decision.margin"),
+            ("[gallery]\ndb = \"\"\n", "gallery.db"),
+        ] {
+            let err = parse(&format!("{camera}{extra}")).unwrap_err();
+            assert!(err.to_string().contains(key), "{extra}: {err}");
+        }
     }
 
     #[test]

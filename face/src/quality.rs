@@ -55,6 +55,34 @@ impl QualityConfig {
             max_roll: 180.0,
         }
     }
+
+    /// What serde cannot check, named by key (kebab-case, as configured):
+    /// every limit a finite number in its range, brightness bounds in order.
+    /// The kiosk's and the server's configurations both call it.
+    pub fn check(&self) -> Result<(), String> {
+        let in_range = |key: &str, value: f32, low: f32, high: f32| {
+            if value.is_finite() && (low..=high).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("{key} must be a number in {low}..={high}, got {value}"))
+            }
+        };
+        in_range("min-eye-distance", self.min_eye_distance, 0.0, 10_000.0)?;
+        in_range("min-sharpness", self.min_sharpness, 0.0, 1e9)?;
+        in_range("min-brightness", self.min_brightness, 0.0, 255.0)?;
+        in_range("max-brightness", self.max_brightness, 0.0, 255.0)?;
+        in_range("max-clipped", self.max_clipped, 0.0, 1.0)?;
+        in_range("max-yaw", self.max_yaw, 0.0, 90.0)?;
+        in_range("max-pitch", self.max_pitch, 0.0, 90.0)?;
+        in_range("max-roll", self.max_roll, 0.0, 180.0)?;
+        if self.min_brightness >= self.max_brightness {
+            return Err(format!(
+                "min-brightness ({}) must be below max-brightness ({}): no face could pass",
+                self.min_brightness, self.max_brightness
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One reason a face fails the gate.
@@ -254,6 +282,24 @@ pub fn chip_statistics(chip: &RgbImage) -> (f32, f32, f32) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn limits_that_no_face_could_pass_or_that_are_not_numbers_are_refused_by_name() {
+        QualityConfig::default().check().unwrap();
+        QualityConfig::permissive().check().unwrap();
+        let refused = |c: QualityConfig| c.check().unwrap_err();
+        assert!(refused(QualityConfig { max_yaw: f32::NAN, ..QualityConfig::default() }).starts_with("max-yaw"));
+        assert!(
+            refused(QualityConfig { min_eye_distance: -1.0, ..QualityConfig::default() })
+                .starts_with("min-eye-distance")
+        );
+        let inverted =
+            refused(QualityConfig { min_brightness: 200.0, max_brightness: 10.0, ..QualityConfig::default() });
+        assert!(inverted.contains("below max-brightness"), "{inverted}");
+        assert!(
+            refused(QualityConfig { min_brightness: 300.0, ..QualityConfig::default() }).starts_with("min-brightness")
+        );
+    }
+
     use super::*;
     use image::Rgb;
 
