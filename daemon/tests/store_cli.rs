@@ -105,6 +105,25 @@ fn enrolling_a_face_already_enrolled_under_another_id_is_refused_and_names_it() 
 }
 
 #[test]
+fn two_different_people_under_one_id_are_refused_like_the_server_does() {
+    let db = Db::new();
+    let out = db.run(
+        "add",
+        &["--id", "p1", "--name", "Person", &photo("face_recognition/obama.jpg"), &photo("face_recognition/biden.jpg")],
+    );
+    assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(message.contains("not the same person") && message.contains("biden.jpg"), "{message}");
+    // Nothing half-applied: no identity (and the database never created).
+    let list = db.run("list", &[]);
+    assert!(!list.status.success() || json(&list).as_array().unwrap().is_empty(), "{}", stderr(&list));
+    // Two photos of one person still go in together.
+    let both = [photo("face_recognition/obama.jpg"), photo("face_recognition/obama2.jpg")];
+    let added = json(&db.run("add", &["--id", "obama", "--name", "Barack Obama", &both[0], &both[1]]));
+    assert_eq!(added["templates"].as_u64(), Some(2));
+}
+
+#[test]
 fn a_photo_without_a_face_is_refused_and_named() {
     let db = Db::new();
     let wall = db._root.path().join("wall.png");

@@ -23,6 +23,18 @@ pub struct OpenSetThreshold {
     pub beyond_calibration: bool,
 }
 
+/// FMR of the same-person check at enrollment: lenient enough for genuine
+/// pairs (FNMR 2.9 % on the dev set) and still catching a wrong photo.
+pub const SAME_PERSON_FMR: f64 = 1e-2;
+
+/// The similarity every photo of one enrollment must reach with the first:
+/// the calibrated curve at [`SAME_PERSON_FMR`], else the shipped match
+/// threshold. The kiosk's `gallery add` and the server's enrollment use it
+/// alike, so both refuse two people under one identity.
+pub fn same_person_threshold(thresholds: &crate::manifest::Thresholds) -> Option<f32> {
+    threshold_for_fmr(&thresholds.curve, SAME_PERSON_FMR).or(thresholds.match_threshold)
+}
+
 /// The threshold giving `fmr`, interpolated log-linearly between calibrated
 /// points and clamped to the calibrated range. `None` for an empty curve.
 pub fn threshold_for_fmr(curve: &[OperatingPoint], fmr: f64) -> Option<f32> {

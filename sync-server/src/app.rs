@@ -74,13 +74,12 @@ pub fn thresholds(config: &Config, pipeline: &FacePipeline) -> Result<Thresholds
     let t = &pipeline.embedder_manifest().thresholds;
     let verify = t.match_threshold.ok_or(AppError::Threshold("match"))?;
     let dedup = config.enrollment.dedup_threshold.or(t.dedup).ok_or(AppError::Threshold("dedup"))?;
-    // Photos of one person at enrollment: the FMR 1e-2 point is lenient
-    // enough for genuine pairs (FNMR 2.9 % on the dev set) and still catches
-    // a wrong photo.
+    // Photos of one person at enrollment (the same rule as the kiosk's
+    // `gallery add`).
     let same_person = config
         .enrollment
         .same_person_threshold
-        .or_else(|| facegate_face::thresholds::threshold_for_fmr(&t.curve, 1e-2))
+        .or_else(|| facegate_face::thresholds::same_person_threshold(t))
         .unwrap_or(verify);
     Ok(Thresholds { dedup, same_person, verify, margin: t.margin.unwrap_or(0.0) })
 }

@@ -101,6 +101,11 @@ pub enum GalleryCliError {
          dedup threshold {threshold:.4}; not enrolled"
     )]
     Duplicate { photo: PathBuf, existing: IdentityId, name: String, score: f32, threshold: f32 },
+    #[error(
+        "{first} and {other} are not the same person (similarity {score:.4} below {threshold:.4}); enroll each \
+         person under their own id"
+    )]
+    DifferentPeople { first: PathBuf, other: PathBuf, score: f32, threshold: f32 },
     #[error("identity {id} would have more than {max} templates")]
     TooManyTemplates { id: IdentityId, max: usize },
     #[error("identity {0} is not in the gallery")]
@@ -129,6 +134,7 @@ impl GalleryCliError {
             Self::Photo { source: FaceError::Inference(_), .. } => exit::SOFTWARE,
             Self::Photo { .. }
             | Self::Duplicate { .. }
+            | Self::DifferentPeople { .. }
             | Self::TooManyTemplates { .. }
             | Self::UnknownIdentity(_)
             | Self::ServerManaged { .. } => exit::DATA,
@@ -291,6 +297,24 @@ fn add(
     for (path, image) in photos.iter().zip(&images) {
         let face = pipeline.enroll(image).map_err(|source| GalleryCliError::Photo { path: path.clone(), source })?;
         templates.push((path, face.template));
+    }
+    // Every photo the same person as the first, as the server checks.
+    let same_person = facegate_face::thresholds::same_person_threshold(&pipeline.embedder_manifest().thresholds)
+        .ok_or(GalleryCliError::NoDedupThreshold)?;
+    if let Some(((first, reference), rest)) = templates.split_first() {
+        for (other, template) in rest {
+            let score = reference
+                .similarity(template)
+                .map_err(|source| GalleryCliError::Photo { path: (*other).clone(), source })?;
+            if score < same_person {
+                return Err(GalleryCliError::DifferentPeople {
+                    first: (*first).clone(),
+                    other: (*other).clone(),
+                    score,
+                    threshold: same_person,
+                });
+            }
+        }
     }
     let model = GalleryModel { id: pipeline.model_id().to_owned(), dim: pipeline.embedder().dim() };
     let (shard, key_created) = open_or_create(args, model)?;
