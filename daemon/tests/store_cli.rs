@@ -124,6 +124,24 @@ fn two_different_people_under_one_id_are_refused_like_the_server_does() {
 }
 
 #[test]
+fn names_and_windows_the_server_refuses_are_refused_here_too() {
+    let db = Db::new();
+    let biden = photo("face_recognition/biden.jpg");
+    for (args, says) in [
+        (vec!["--name", "  "], "name must not be empty"),
+        (vec!["--name", "Joe\u{7}Biden"], "control characters"),
+        (vec!["--name", "Joe", "--valid-from", "2000", "--valid-until", "1000"], "later than valid_from"),
+    ] {
+        let mut all = vec!["--id", "biden"];
+        all.extend(args);
+        all.push(&biden);
+        let out = db.run("add", &all);
+        assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{says}: {}", stderr(&out));
+    }
+}
+
+#[test]
 fn a_photo_without_a_face_is_refused_and_named() {
     let db = Db::new();
     let wall = db._root.path().join("wall.png");

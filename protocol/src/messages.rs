@@ -62,6 +62,44 @@ fn is_zero(value: &u64) -> bool {
     *value == 0
 }
 
+/// Why a person's name or validity window is refused: one rule for the
+/// server's admin API and the kiosk's `gallery add`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecordFieldError {
+    #[error("name must not be empty")]
+    EmptyName,
+    #[error("name is longer than {MAX_NAME_BYTES} bytes")]
+    LongName,
+    #[error("name contains control characters")]
+    ControlCharacters,
+    #[error("valid_until must be later than valid_from")]
+    EmptyWindow,
+}
+
+/// A person's display name as entered: trimmed, not empty, at most
+/// [`MAX_NAME_BYTES`], no control characters.
+pub fn display_name(name: &str) -> Result<&str, RecordFieldError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(RecordFieldError::EmptyName);
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(RecordFieldError::LongName);
+    }
+    if name.chars().any(char::is_control) {
+        return Err(RecordFieldError::ControlCharacters);
+    }
+    Ok(name)
+}
+
+/// A validity window (either end optional) that admits someone at some time.
+pub fn validity_window<T: PartialOrd>(from: Option<T>, until: Option<T>) -> Result<(), RecordFieldError> {
+    match (from, until) {
+        (Some(from), Some(until)) if from >= until => Err(RecordFieldError::EmptyWindow),
+        _ => Ok(()),
+    }
+}
+
 impl IdentityRecord {
     /// Whether access is allowed at `now`.
     pub fn valid_at(&self, now: UnixSeconds) -> bool {
@@ -369,4 +407,20 @@ pub struct DeviceStatus {
     /// The central signing key the device trusts now (hex key id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trusted_key: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_windows_follow_one_rule() {
+        assert_eq!(display_name("  Ada Lovelace \n"), Ok("Ada Lovelace"));
+        assert_eq!(display_name(" \t"), Err(RecordFieldError::EmptyName));
+        assert_eq!(display_name("Ada\u{1b}[31m"), Err(RecordFieldError::ControlCharacters));
+        assert_eq!(display_name(&"a".repeat(MAX_NAME_BYTES + 1)), Err(RecordFieldError::LongName));
+        assert_eq!(validity_window(Some(10), Some(10)), Err(RecordFieldError::EmptyWindow));
+        assert_eq!(validity_window(Some(10), Some(11)), Ok(()));
+        assert_eq!(validity_window(None::<i64>, Some(0)), Ok(()));
+    }
 }

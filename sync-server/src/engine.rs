@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use facegate_face::{FaceError, Template};
-use facegate_protocol::{IdentityId, MAX_NAME_BYTES, ShardId};
+use facegate_protocol::{IdentityId, ShardId};
 use futures_util::future::join_all;
 use mongodb::bson::{Document, doc};
 
@@ -144,32 +144,20 @@ fn photo_label(index: usize, upload: &PhotoUpload) -> String {
 
 /// Checks a display name.
 pub fn check_name(name: &str) -> Result<String, EngineError> {
-    let name = name.trim();
-    if name.is_empty() {
-        return Err(EngineError::InvalidField { field: "name", message: "must not be empty".into() });
-    }
-    if name.len() > MAX_NAME_BYTES {
-        return Err(EngineError::InvalidField {
-            field: "name",
-            message: format!("longer than {MAX_NAME_BYTES} bytes"),
-        });
-    }
-    if name.chars().any(char::is_control) {
-        return Err(EngineError::InvalidField { field: "name", message: "contains control characters".into() });
-    }
-    Ok(name.to_string())
+    facegate_protocol::display_name(name)
+        .map(str::to_owned)
+        .map_err(|e| EngineError::InvalidField { field: "name", message: without_field(e) })
 }
 
 fn check_window(from: Option<i64>, until: Option<i64>) -> Result<(), EngineError> {
-    if let (Some(f), Some(u)) = (from, until)
-        && f >= u
-    {
-        return Err(EngineError::InvalidField {
-            field: "valid_until",
-            message: "must be later than valid_from".into(),
-        });
-    }
-    Ok(())
+    facegate_protocol::validity_window(from, until)
+        .map_err(|e| EngineError::InvalidField { field: "valid_until", message: without_field(e) })
+}
+
+/// The shared rule's message without the field name the API names itself.
+fn without_field(e: facegate_protocol::RecordFieldError) -> String {
+    let message = e.to_string();
+    message.split_once(' ').map_or(message.clone(), |(_, rest)| rest.to_owned())
 }
 
 /// What an [`Engine`] is made of.

@@ -106,6 +106,8 @@ pub enum GalleryCliError {
          person under their own id"
     )]
     DifferentPeople { first: PathBuf, other: PathBuf, score: f32, threshold: f32 },
+    #[error("{0}")]
+    Field(#[from] facegate_protocol::RecordFieldError),
     #[error("identity {id} would have more than {max} templates")]
     TooManyTemplates { id: IdentityId, max: usize },
     #[error("identity {0} is not in the gallery")]
@@ -129,7 +131,7 @@ impl GalleryCliError {
     pub fn exit_status(&self) -> u8 {
         match self {
             Self::Store(e) => store_status(e),
-            Self::BadId(_) => exit::USAGE,
+            Self::BadId(_) | Self::Field(_) => exit::USAGE,
             Self::PhotoRead { .. } | Self::KeyLost { .. } => exit::NO_INPUT,
             Self::Photo { source: FaceError::Inference(_), .. } => exit::SOFTWARE,
             Self::Photo { .. }
@@ -280,6 +282,9 @@ fn add(
     photos: &[PathBuf],
 ) -> Result<AddReport, GalleryCliError> {
     let started = Instant::now();
+    // The server's rules for names and windows, before any work.
+    let name = facegate_protocol::display_name(&name)?.to_owned();
+    facegate_protocol::validity_window(valid_from, valid_until)?;
     let images = photos
         .iter()
         .map(|path| {
@@ -356,6 +361,8 @@ fn add(
         }
         None => IdentityRecord { id: id.clone(), name, valid_from, valid_until, version: 1, offline_access: false },
     };
+    // One bound given over an existing identity's other one.
+    facegate_protocol::validity_window(record.valid_from, record.valid_until)?;
     if records.len() > MAX_TEMPLATES_PER_IDENTITY {
         return Err(GalleryCliError::TooManyTemplates { id, max: MAX_TEMPLATES_PER_IDENTITY });
     }
