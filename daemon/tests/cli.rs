@@ -86,6 +86,22 @@ fn compare_with_a_faceless_image_exits_65_with_no_face() {
 }
 
 #[test]
+fn a_replay_rate_that_is_not_a_rate_exits_64_and_names_the_key() {
+    let db = scratch("replay-rate");
+    let frames = photos();
+    for (args, key) in
+        [(vec!["--fps", "0"], "source.fps"), (vec!["--fps", "10", "--sample-fps", "20"], "source.sample-fps")]
+    {
+        let mut all = vec!["replay", "--db", db.to_str().unwrap()];
+        all.extend(args);
+        all.push(frames.to_str().unwrap());
+        let out = daemon(&all);
+        assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(key), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
 fn bad_usage_exits_64() {
     assert_eq!(daemon(&["compare", "only-one.jpg"]).status.code(), Some(64));
     assert_eq!(daemon(&["no-such-command"]).status.code(), Some(64));
