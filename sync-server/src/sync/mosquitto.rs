@@ -97,7 +97,10 @@ pub async fn site_devices(store: &crate::store::Store) -> Result<Vec<DeviceAcl>,
 pub struct AclFollower {
     path: PathBuf,
     reload: Vec<String>,
+    /// The ACL mosquitto was last made to read.
     written: Option<String>,
+    /// A rewrite whose reload failed: the file is current, mosquitto not.
+    reload_owed: bool,
 }
 
 /// How long the reload command may take.
@@ -105,18 +108,23 @@ const RELOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl AclFollower {
     pub fn new(path: PathBuf, reload: Vec<String>) -> Self {
-        Self { path, reload, written: None }
+        Self { path, reload, written: None, reload_owed: false }
     }
 
     /// Rewrites and reloads the ACL if the database changed it; answers
     /// whether it did.
     pub async fn follow(&mut self, store: &crate::store::Store) -> Result<bool, MosquittoError> {
         let acl = render_acl(&site_devices(store).await?);
+        self.apply(acl).await
+    }
+
+    /// Makes `acl` the one mosquitto reads, if it is not already.
+    async fn apply(&mut self, acl: String) -> Result<bool, MosquittoError> {
         if self.written.as_deref() == Some(acl.as_str()) {
             return Ok(false);
         }
         let on_disk = std::fs::read_to_string(&self.path).ok();
-        if self.written.is_none() && on_disk.as_deref() == Some(acl.as_str()) {
+        if self.written.is_none() && !self.reload_owed && on_disk.as_deref() == Some(acl.as_str()) {
             // Already current (written by `facegate-sync-server mosquitto`).
             self.written = Some(acl);
             return Ok(false);
@@ -130,7 +138,10 @@ impl AclFollower {
         std::fs::write(&temporary, acl.as_bytes()).map_err(io(&temporary))?;
         std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o444)).map_err(io(&temporary))?;
         std::fs::rename(&temporary, &self.path).map_err(io(&self.path))?;
+        self.written = None;
+        self.reload_owed = true;
         self.reload().await?;
+        self.reload_owed = false;
         self.written = Some(acl);
         Ok(true)
     }
@@ -268,6 +279,30 @@ pub fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_reload_is_retried_even_though_the_file_is_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, marker) = (dir.path().join("acl"), dir.path().join("reloaded"));
+        let acl = render_acl(&[]);
+        std::fs::write(&path, &acl).unwrap();
+        // Current on disk, nothing owed: nothing to do.
+        let mut follower = AclFollower::new(path.clone(), vec!["false".into()]);
+        assert!(!follower.apply(acl.clone()).await.unwrap());
+        // A change whose reload fails: written, reported…
+        let changed = render_acl(&[DeviceAcl {
+            device: facegate_protocol::DeviceId::new("kiosk-1").unwrap(),
+            shards: vec![facegate_protocol::ShardId::new("lobby").unwrap()],
+        }]);
+        let err = follower.apply(changed.clone()).await.unwrap_err();
+        assert!(err.to_string().contains("\"false\""), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), changed);
+        // …and reloaded on the next round, though the file is current by then.
+        follower.reload = vec!["touch".into(), marker.display().to_string()];
+        assert!(follower.apply(changed.clone()).await.unwrap());
+        assert!(marker.exists(), "mosquitto was never told");
+        assert!(!follower.apply(changed).await.unwrap());
+    }
 
     #[test]
     fn the_acl_gives_each_device_its_own_topics_and_its_shards() {
