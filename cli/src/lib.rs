@@ -1,10 +1,12 @@
 //! What facegate's binaries (`facegate-daemon`, `facegate-sync-server`)
 //! share as processes: their exit statuses ([`exit`]), how a bad command
 //! line ends ([`parse_args`]), and the `FACEGATE__SECTION__KEY` overrides of
-//! their TOML configuration ([`env`]).
+//! their TOML configuration ([`env`]), and the system users a process
+//! started as root hands its files to ([`users`]).
 
 pub mod env;
 pub mod exit;
+pub mod users;
 
 use std::process::ExitCode;
 

@@ -65,6 +65,11 @@ enum Command {
         /// PEM of the CA to trust for an https server.
         #[arg(long)]
         server_ca: Option<PathBuf>,
+        /// The user the service runs as (the unit's `User=`): run as root,
+        /// provisioning gives it the directory and files. Default
+        /// `facegate` when that user exists; `""` keeps root's ownership.
+        #[arg(long)]
+        owner: Option<String>,
     },
     /// Run the kiosk service (under systemd: Type=notify, watchdog, journald).
     Run {
@@ -411,10 +416,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
             println!("{}: ok (device {}, source: {})", config.display(), parsed.device.id, parsed.source.describe());
             Ok(())
         }
-        Command::Provision { server, token, dir, server_ca } => {
+        Command::Provision { server, token, dir, server_ca, owner } => {
+            use facegate_cli::users::{running_as_root, system_user};
             use facegate_daemon::sync::ProvisionError as P;
-            let provisioned =
-                facegate_daemon::sync::provision(&server, &token, &dir, server_ca.as_deref()).map_err(|e| {
+            let owner_name = owner.clone().unwrap_or_else(|| "facegate".to_owned());
+            let owner_ids = match (running_as_root(), owner_name.as_str(), system_user(&owner_name)) {
+                (false, _, _) | (_, "", _) => None,
+                (true, _, Some(ids)) => Some(ids),
+                // The default user is optional (a development machine);
+                // a user named on the command line is not.
+                (true, _, None) if owner.is_none() => None,
+                (true, name, None) => {
+                    return Err(fail(exit::USAGE)(anyhow::anyhow!(
+                        "--owner {name}: no such system user (create it, or pass --owner '' to keep root's ownership)"
+                    )));
+                }
+            };
+            let provisioned = facegate_daemon::sync::provision(&server, &token, &dir, server_ca.as_deref(), owner_ids)
+                .map_err(|e| {
                     let status = match &e {
                         P::AlreadyProvisioned(_) => exit::CANT_CREATE,
                         P::Refused { .. } => exit::NO_PERMISSION,
@@ -430,6 +449,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 "broker": provisioned.mqtt,
                 "shards": provisioned.shards,
                 "dir": dir,
+                "owner": owner_ids.map(|_| owner_name),
+                "next": format!(
+                    "set [sync] dir = \"{}\" in the daemon configuration (/etc/facegate/daemon.toml), then restart the service (systemctl restart facegate-daemon)",
+                    dir.display()
+                ),
             }))
         }
         Command::Config(ConfigCommand::Default) => {

@@ -169,11 +169,14 @@ pub fn key_and_csr(device_hint: &str) -> Result<(String, String), ProvisionError
 
 /// Provisions this device against `server` (an `http://` or `https://` base
 /// URL; `server_ca` is the PEM to trust for https) into `dir`.
+/// `owner` (uid, gid), when given, gets the directory and every file: the
+/// user the service runs as, when provisioning runs as root.
 pub fn provision(
     server: &str,
     token: &str,
     dir: &Path,
     server_ca: Option<&Path>,
+    owner: Option<(u32, u32)>,
 ) -> Result<Provisioned, ProvisionError> {
     if dir.join(PROVISIONED).exists() {
         return Err(ProvisionError::AlreadyProvisioned(dir.to_path_buf()));
@@ -218,8 +221,20 @@ pub fn provision(
     write_file(&dir.join(DEVICE_CERT), provisioned.certificate_pem.as_bytes(), 0o444)?;
     write_file(&dir.join(CA), provisioned.ca_pem.as_bytes(), 0o444)?;
     let json = serde_json::to_vec_pretty(&provisioned).map_err(|e| ProvisionError::Answer(e.to_string()))?;
-    // Written last: its presence means the directory is complete.
-    write_file(&dir.join(PROVISIONED), &json, 0o400)?;
+    let answer = dir.join(PROVISIONED);
+    // Handed over before the answer: its presence means the directory is
+    // complete, and usable by the service.
+    if let Some((uid, gid)) = owner {
+        for path in [dir.to_path_buf(), dir.join(DEVICE_KEY), dir.join(DEVICE_CERT), dir.join(CA)] {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .map_err(|source| ProvisionError::Io { path: path.clone(), source })?;
+        }
+    }
+    write_file(&answer, &json, 0o400)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&answer, Some(uid), Some(gid))
+            .map_err(|source| ProvisionError::Io { path: answer.clone(), source })?;
+    }
     Ok(provisioned)
 }
 

@@ -216,26 +216,7 @@ pub fn render_conf(dir: &Path, listen: SocketAddr) -> String {
     )
 }
 
-/// The uid and gid of a system user, from `/etc/passwd`.
-pub fn system_user(name: &str) -> Option<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        match fields.as_slice() {
-            [user, _, uid, gid, ..] if *user == name => Some((uid.parse().ok()?, gid.parse().ok()?)),
-            _ => None,
-        }
-    })
-}
-
-/// Whether this process runs as root (and so must hand the files to the
-/// user mosquitto drops to).
-pub fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
-}
+pub use facegate_cli::users::{running_as_root, system_user};
 
 /// Writes `mosquitto.conf`, `acl`, the CA and the broker's certificate and
 /// key into `dir` (created), owned by `owner` when given.

@@ -23,6 +23,7 @@ mod intruder;
 mod kiosk;
 mod site;
 
+pub use facegate_cli::users::{running_as_root, system_user};
 pub use intruder::{Intruder, device_signing_key};
 pub use kiosk::{Kiosk, LIVE_CLIP_FPS, Relay, device_tls, live_clip, walk_up_clip};
 pub use site::{DOORS, Site, now_ms};
@@ -468,7 +469,7 @@ publisher-lease-ms = 2000
         if self.broker == Broker::Mosquitto {
             assert!(self.mosquitto.is_none(), "mosquitto is already running");
             let out = self.dir.join("mosquitto");
-            let root = facegate_sync_server::sync::mosquitto::running_as_root();
+            let root = running_as_root();
             let output = self
                 .server_command()
                 .args(["mosquitto", "--out", out.to_str().unwrap()])

@@ -74,6 +74,35 @@ fn an_enrollment_reaches_the_kiosk_and_its_decisions_reach_the_server_exactly_on
         .unwrap();
     assert!(!again.status.success(), "a used provisioning token was accepted twice");
 
+    // Provisioning as root hands the files to the service's user (here
+    // `nobody`, standing in for `facegate`) and says what comes next; a user
+    // that does not exist is refused before the token is spent.
+    if facegate_system_tests::running_as_root() {
+        let provision = |owner: &str, device: &str, token: &str| {
+            let dir = work.join(format!("owned-{device}"));
+            let out = Command::new(binary("facegate-daemon"))
+                .args(["provision", "--server", &api.url, "--token", token, "--dir", dir.to_str().unwrap()])
+                .args(["--owner", owner])
+                .output()
+                .unwrap();
+            (out, dir)
+        };
+        let token = api.add_device("door-owned", &["lobby"]);
+        let (out, _) = provision("no-such-user-here", "refused", &token);
+        assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+        let (out, dir) = provision("nobody", "door-owned", &token);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(answer["owner"], "nobody", "{answer}");
+        assert!(answer["next"].as_str().unwrap().contains("[sync] dir"), "{answer}");
+        let nobody = facegate_system_tests::system_user("nobody").unwrap().0;
+        for file in ["", "device.key", "device.crt", "ca.pem", "provisioned.json"] {
+            use std::os::unix::fs::MetadataExt;
+            let uid = std::fs::metadata(dir.join(file)).unwrap().uid();
+            assert_eq!(uid, nobody, "{file:?} is not the service user's");
+        }
+    }
+
     // Enroll centrally, from two frames of the clip the kiosk will see.
     let (status, body) = api.enroll("Cap Person", "lobby", &[clip.join("002.jpg"), clip.join("009.jpg")]);
     assert_eq!(status, 201, "enrollment: {body}");
